@@ -1,0 +1,37 @@
+"""Shared test setup: repository root on sys.path, small thread counts, fixed seeds."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Tests run on 2 shared cores: keep every library to few threads.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+ALPHAMATTING_DEV = ROOT.parent / "shared" / "data" / "alphamatting_lowres_dev"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture
+def alphamatting_dev() -> Path:
+    """The real alphamatting.com development set; the test skips when it is absent."""
+    if not (ALPHAMATTING_DEV / "input_training_lowres").is_dir():
+        pytest.skip(f"alphamatting.com data not found at {ALPHAMATTING_DEV}")
+    return ALPHAMATTING_DEV

@@ -1,0 +1,84 @@
+"""Checkpoints: the only module that writes them.
+
+A checkpoint is a plain dict of tensors and builtins, so it loads with
+``torch.load(..., weights_only=True)`` and a downloaded file cannot run code:
+
+    model         model state dict (no DDP/compile prefixes)
+    model_config  dict of the DIM constructor arguments (models.py_encoder_decoder.build_model)
+    stage         1, 2 or 3
+    config        the full training configuration (argparse namespace as a dict)
+    epoch, iteration, best_sad
+    optimizer, scheduler, scaler   state dicts (training resume)
+    rng           RNG states (python, numpy, torch, cuda) for exact resume
+
+Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target,
+so a crash or Ctrl-C mid-write leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not one of this project's."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` to ``path`` (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint dict safely (``weights_only=True``); clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, foreign objects
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {type(e).__name__}: {e}. "
+            "Is it a file written by train_encoder_decoder.py (and not truncated)?"
+        ) from e
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise CheckpointError(
+            f"{path} is not a Deep Image Matting checkpoint of this project "
+            "(expected a dict with 'model' and 'model_config')"
+        )
+    return state
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Build the model a checkpoint describes and load its weights.
+
+    Returns ``(model, state)``; the model is in eval mode on ``map_location``.
+    """
+    from models.py_encoder_decoder import build_model
+
+    state = load_checkpoint(path, map_location)
+    model = build_model(state["model_config"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model they claim to be ({state['model_config']}): {e}"
+        ) from e
+    return model.to(map_location).eval(), state
