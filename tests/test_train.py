@@ -1,0 +1,210 @@
+"""The Trainer: three stages end to end, freezing, exact resume, safe stops, DDP over gloo."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import train_encoder_decoder as tr
+from data.synthetic import ensure_synthetic
+from utils.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = dict(
+    n_train_fg=4,
+    n_bg=4,
+    bg_per_fg=2,
+    n_val_fg=1,
+    val_per_fg=2,
+    n_test_fg=1,
+    test_per_fg=1,
+    fg_size=(96, 128),
+    bg_size=(96, 128),
+    val_size=(64, 64),
+    test_size=(64, 64),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    return ensure_synthetic(tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY)
+
+
+def argv(root: Path, runs: Path, stage: int, *extra: str) -> list[str]:
+    return [
+        "--stage", str(stage), "--data-root", str(root), "--runs-dir", str(runs),
+        "--cache-dir", str(runs.parent / "cache"), "--crop-size", "64", "--batch-size", "2",
+        "--epochs", "1", "--iters-per-epoch", "2", "--workers", "0", "--no-visdom",
+        "--threads", "2", "--val-limit", "2", "--lr", "1e-4", *extra,
+    ]  # fmt: skip
+
+
+def make_trainer(args: list[str]) -> tr.Trainer:
+    return tr.Trainer(tr.resolve_config(tr.build_parser().parse_args(args)))
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+@pytest.mark.slow
+def test_three_stages_end_to_end_and_stage2_frozen(tiny_root, tmp_path):
+    runs = tmp_path / "runs"
+    assert tr.main(argv(tiny_root, runs, 1)) == 0
+    s1 = runs / "dim" / "stage1"
+    assert (s1 / "last.pt").is_file() and (s1 / "best.pt").is_file()
+    ck = load_checkpoint(s1 / "best.pt")
+    assert ck["stage"] == 1 and ck["config"]["crop_size"] == 64 and ck["iteration"] == 2
+    assert {"optimizer", "scheduler", "scaler", "rng", "history"} <= set(ck)
+    assert set(ck["history"][0]) >= {"val_sad", "val_mse", "val_grad", "val_conn"}
+
+    t2 = make_trainer(argv(tiny_root, runs, 2))
+    trainable = {n for n, p in t2.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("refine_head.") for n in trainable)
+    opt_params = {id(p) for g in t2.optimizer.param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in t2.model.refine_head.parameters()}
+    t2.fit()
+    before, after = state(s1 / "best.pt"), state(runs / "dim" / "stage2" / "last.pt")
+    frozen = [k for k in after if not k.startswith("refine_head.")]
+    assert frozen and set(frozen) == set(before)
+    for k in frozen:  # weights AND BatchNorm running statistics
+        assert torch.equal(before[k], after[k]), f"stage 2 changed frozen {k}"
+    head = [k for k in after if k.startswith("refine_head.") and k.endswith("weight")]
+    assert head
+
+    assert tr.main(argv(tiny_root, runs, 3)) == 0
+    s3 = state(runs / "dim" / "stage3" / "last.pt")
+    assert any(not torch.equal(s3[k], after[k]) for k in frozen), "stage 3 trains everything"
+
+
+def test_stage_without_prerequisite_names_the_command(tiny_root, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        make_trainer(argv(tiny_root, tmp_path / "runs", 2))
+    msg = str(e.value)
+    assert "stage1/best.pt" in msg and "--stage 1" in msg and "--init" in msg
+
+
+@pytest.mark.slow
+def test_resume_is_exact(tiny_root, tmp_path):
+    runs = tmp_path / "runs"
+    common = ["--iters-per-epoch", "4", "--save-every", "0"]
+    # 2 iterations, stop, resume for the remaining 2 ...
+    assert tr.main([*argv(tiny_root, runs, 1), *common, "--run-name", "a", "--max-iters", "2"]) == 0
+    mid = load_checkpoint(runs / "a" / "stage1" / "last.pt")
+    assert mid["iteration"] == 2 and mid["batch_in_epoch"] == 2 and mid["epoch"] == 0
+    assert tr.main([*argv(tiny_root, runs, 1), *common, "--run-name", "a", "--resume"]) == 0
+    # ... equals 4 uninterrupted iterations, bit for bit.
+    assert tr.main([*argv(tiny_root, runs, 1), *common, "--run-name", "b"]) == 0
+    a, b = state(runs / "a" / "stage1" / "last.pt"), state(runs / "b" / "stage1" / "last.pt")
+    assert load_checkpoint(runs / "a" / "stage1" / "last.pt")["iteration"] == 4
+    for k in b:
+        assert torch.equal(a[k], b[k]), f"resumed run differs in {k}"
+    oa = load_checkpoint(runs / "a" / "stage1" / "last.pt")["optimizer"]["state"]
+    ob = load_checkpoint(runs / "b" / "stage1" / "last.pt")["optimizer"]["state"]
+    assert all(torch.equal(oa[i]["exp_avg"], ob[i]["exp_avg"]) for i in ob)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_root, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    t = make_trainer(argv(tiny_root, runs, 1, "--save-every", "1"))
+    real = t.criterion.forward
+    calls = {"n": 0}
+
+    def poisoned(pred, label):
+        calls["n"] += 1
+        loss, parts = real(pred, label)
+        return (loss * float("nan"), parts) if calls["n"] == 2 else (loss, parts)
+
+    monkeypatch.setattr(t.criterion, "forward", poisoned)
+    with pytest.raises(tr.NonFiniteLoss, match="untouched"):
+        t.fit()
+    last = runs / "dim" / "stage1" / "last.pt"
+    ck = load_checkpoint(last)
+    assert ck["iteration"] == 1  # written after the good step, not after the NaN
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_saves_last_checkpoint(tiny_root, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    t = make_trainer(argv(tiny_root, runs, 1, "--iters-per-epoch", "3"))
+    real = t.train_step
+    calls = {"n": 0}
+
+    def interrupted(data, label):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(data, label)
+
+    monkeypatch.setattr(t, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    ck = load_checkpoint(runs / "dim" / "stage1" / "last.pt")
+    assert ck["iteration"] == 1 and ck["batch_in_epoch"] == 1
+    assert not list((runs / "dim" / "stage1").glob("*.tmp")), "no temp file left behind"
+
+
+def test_bad_flags_get_clear_errors(tiny_root, tmp_path):
+    with pytest.raises(SystemExit, match="multiple of 32"):
+        make_trainer(argv(tiny_root, tmp_path, 1, "--crop-size", "70"))
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        make_trainer(argv(tiny_root, tmp_path, 1, "--resume"))
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="CUDA"):
+            make_trainer(argv(tiny_root, tmp_path, 1, "--device", "cuda"))
+
+
+def test_cpu_bf16_and_channels_last_step(tiny_root, tmp_path):
+    """The CUDA AMP/channels_last path's CPU twin: a bf16-autocast step trains and stays finite."""
+    t = make_trainer(argv(tiny_root, tmp_path / "runs", 1))
+    t.amp_dtype = torch.bfloat16
+    data, label = next(iter(t.loader))
+    losses, *_ = t.train_step(data, label)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, args: list[str], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))  # fmt: skip
+    torch.set_num_threads(1)
+    t = make_trainer(args)
+    t.fit()
+    torch.save({k: v.detach().clone() for k, v in t.model.named_parameters()},
+               f"{out}/rank{rank}.pt")  # fmt: skip
+    tr.dist_utils.cleanup()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo_stay_identical(tiny_root, tmp_path):
+    args = argv(tiny_root, tmp_path / "runs", 1, "--threads", "1")
+    # Build the decoded cache once, before two processes want it.
+    make_trainer(args)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), args, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"ranks diverged in {k}"
+    ck = load_checkpoint(tmp_path / "runs" / "dim" / "stage1" / "last.pt")
+    assert ck["iteration"] == 2
+    assert not any(k.startswith("module.") for k in ck["model"]), "checkpoints hold plain keys"
+
+
+def test_cli_help_runs_by_path():
+    out = subprocess.run([sys.executable, str(ROOT / "train_encoder_decoder.py"), "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--stage" in out.stdout and "--data-root" in out.stdout

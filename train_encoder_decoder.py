@@ -1,0 +1,739 @@
+"""Train Deep Image Matting, one stage at a time.
+
+    python train_encoder_decoder.py --stage 1            # encoder-decoder, alpha + composition loss
+    python train_encoder_decoder.py --stage 2            # refine head only (encoder-decoder frozen)
+    python train_encoder_decoder.py --stage 3            # everything, on the refined alpha
+    torchrun --nproc_per_node=8 train_encoder_decoder.py --stage 1 --data-root /data/adobe ...
+
+With no ``--data-root`` it trains on the built-in synthetic set (generated on first use) with a
+CPU-sized preset; with one it uses the paper's settings. Each run lives in
+``<runs-dir>/<run-name>/stage<N>/`` (``last.pt``, ``best.pt``, plots, panels, metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from models.py_encoder_decoder import DIM, VGGWeightsError, load_vggbn, vgg_hub_cache_file
+from models.py_loss import DIMLoss
+from utils import distributed as dist_utils
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.determinism import capture_rng_state, restore_rng_state, seed_everything
+
+log = logging.getLogger("train")
+
+# Settings that differ between the built-in synthetic set (a CPU demo that must show the
+# validation SAD falling within minutes, from random init) and real Adobe data (the paper).
+PRESETS = {
+    "synthetic": dict(crop_size=128, batch_size=8, lr=1e-4, epochs=5, iters_per_epoch=30),
+    "adobe": dict(crop_size=320, batch_size=16, lr=1e-5, epochs=30, iters_per_epoch=None),
+}
+# Loss weights per stage (w_alpha, w_comp): stage 2 trains the refine head with the alpha loss
+# only, as in the paper.
+STAGE_LOSS = {1: (0.5, 0.5), 2: (1.0, 0.0), 3: (0.5, 0.5)}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    a = p.add_argument
+    a("--stage", type=int, choices=(1, 2, 3), required=True, help="training stage")
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="Adobe-style training folder; absent: the built-in synthetic set",
+    )
+    g.add_argument(
+        "--bg-dir",
+        type=Path,
+        default=None,
+        help="backgrounds folder (default: <data-root>/bg, COCO train2014 for Adobe)",
+    )
+    g.add_argument(
+        "--val-dir",
+        type=Path,
+        default=None,
+        help="validation set in Composition-1k layout (default: built from held-out "
+        "foregrounds, or the synthetic set's val split)",
+    )
+    g.add_argument("--val-limit", type=int, default=None, help="validate on the first N images")
+    g.add_argument("--crop-size", type=int, default=None, help="training crop side (preset)")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="decoded-image cache for fast loading (default: under the data root)",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--fc6", choices=("transmap", "conv1x1"), default="transmap")
+    g.add_argument("--upsample", choices=("unpool", "bilinear", "deconv"), default="unpool")
+    g.add_argument(
+        "--skip",
+        choices=("none", "add", "concat"),
+        default="none",
+        help="skip connections from the encoder to the decoder",
+    )
+    g.add_argument("--refine-add", choices=("logit", "clip"), default="logit")
+    g.add_argument(
+        "--vgg-weights",
+        type=str,
+        default=None,
+        help="torchvision vgg16_bn ImageNet state dict (.pth) for stage 1; "
+        "default: torch's hub cache when present, else random init",
+    )
+    g.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="checkpoint to start from (default: previous stage's best.pt)",
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument(
+        "--iters-per-epoch",
+        type=int,
+        default=None,
+        help="cap an epoch at N iterations (online compositing makes epochs arbitrary)",
+    )
+    g.add_argument(
+        "--max-iters",
+        type=int,
+        default=None,
+        help="stop (and save last.pt) after N iterations in total",
+    )
+    g.add_argument("--batch-size", type=int, default=None, help="per process (preset)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (preset)")
+    g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--scheduler", choices=("constant", "cosine", "step"), default="constant")
+    g.add_argument("--lr-step", type=int, default=10, help="epochs between decays (step)")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="decay factor (step)")
+    g.add_argument("--grad-clip", type=float, default=0.0, help="max grad norm; 0 disables")
+    g.add_argument("--w-alpha", type=float, default=None, help="alpha-loss weight (per stage)")
+    g.add_argument("--w-comp", type=float, default=None, help="composition-loss weight")
+    g = p.add_argument_group("run")
+    g.add_argument("--run-name", default="dim")
+    g.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue from last.pt of this run/stage (or from the given path)",
+    )
+    g.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="also write last.pt every N iterations (0: once per epoch)",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--log-every", type=int, default=10, help="iterations between plot points")
+    g.add_argument("--panel-every", type=int, default=100, help="iterations between panels")
+    g = p.add_argument_group("device")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    g.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "off"),
+        default="auto",
+        help="mixed precision (auto: bf16 on CUDA where supported, else off)",
+    )
+    g.add_argument(
+        "--channels-last",
+        choices=("on", "off"),
+        default="on",
+        help="NHWC memory format (faster on GPUs and on this CPU)",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g = p.add_argument_group("visualisation")
+    g.add_argument("--visdom-server", default="http://localhost")
+    g.add_argument("--visdom-port", type=int, default=8097)
+    g.add_argument("--no-visdom", action="store_true", help="write plots to the run folder only")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """Fill preset- and stage-dependent defaults; return a plain dict (stored in checkpoints)."""
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    cfg["dataset"] = "synthetic" if args.data_root is None else "adobe"
+    for key, value in PRESETS[cfg["dataset"]].items():
+        if cfg.get(key) is None:
+            cfg[key] = value
+    w_alpha, w_comp = STAGE_LOSS[args.stage]
+    cfg["w_alpha"] = w_alpha if cfg["w_alpha"] is None else cfg["w_alpha"]
+    cfg["w_comp"] = w_comp if cfg["w_comp"] is None else cfg["w_comp"]
+    if cfg["crop_size"] % 32:
+        raise SystemExit(f"--crop-size {cfg['crop_size']} must be a multiple of 32")
+    if cfg["w_alpha"] < 0 or cfg["w_comp"] < 0 or cfg["w_alpha"] + cfg["w_comp"] == 0:
+        raise SystemExit("--w-alpha/--w-comp must be >= 0 and not both 0")
+    return cfg
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES)")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise SystemExit("--device mps: MPS is not available on this machine")
+    return torch.device(name)
+
+
+def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "off" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cuda":
+        raise SystemExit(f"--amp {name} needs CUDA; use --amp off on {device.type}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (per-epoch shuffle, one shard per rank) that can skip the batches a
+    resumed run has already trained on in the current epoch, so a resume is exact."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, batch_size: int):
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.batch_size = batch_size
+        self.skip_batches = 0
+        self.max_batches: int | None = None
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        stop = len(indices) if self.max_batches is None else self.max_batches * self.batch_size
+        return iter(indices[self.skip_batches * self.batch_size : stop])
+
+    def __len__(self) -> int:
+        n = super().__len__()
+        if self.max_batches is not None:
+            n = min(n, self.max_batches * self.batch_size)
+        return max(0, n - self.skip_batches * self.batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Owns one stage of one run: data, model, loss, optimiser, loop, validation, checkpoints."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.stage = cfg["stage"]
+        self.device = pick_device(cfg["device"])
+        ddp_device = dist_utils.init_distributed(self.device.type)
+        if ddp_device is not None:
+            self.device = ddp_device
+        self.main = dist_utils.is_main()
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
+        self.amp_dtype = pick_amp(cfg["amp"], self.device)
+        self.channels_last = cfg["channels_last"] == "on"
+        seed_everything(cfg["seed"] + dist_utils.rank())
+
+        self.stage_dir = Path(cfg["runs_dir"]) / cfg["run_name"] / f"stage{self.stage}"
+        self.run_dir = self.stage_dir.parent
+        if self.main:
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.epoch = 0  # next epoch to run
+        self.batch_in_epoch = 0  # batches of `epoch` already trained (mid-epoch resume)
+        self.iteration = 0
+        self.best_sad = math.inf
+        self.history: list[dict] = []
+
+        self._setup_data()
+        self._setup_model()
+        self._setup_optim()
+        self._setup_visualizer()
+        if cfg["resume"]:
+            self._resume()
+
+    # ---- setup --------------------------------------------------------------------------
+    def _setup_data(self) -> None:
+        from data.py_adobe_data import build_train_val, worker_init_fn
+
+        cfg = self.cfg
+        # Rank 0 builds the decoded cache and the validation set first; the others then reuse
+        # them instead of racing to write the same files.
+        if not self.main:
+            dist_utils.barrier()
+        train_set, val_examples = build_train_val(
+            cfg["data_root"] or "synthetic",
+            bg_dir=cfg["bg_dir"],
+            val_dir=cfg["val_dir"],
+            seed=cfg["seed"],
+            output_size=cfg["crop_size"],
+            cache_dir=cfg["cache_dir"],
+            progress=self.main,
+        )
+        if self.main:
+            dist_utils.barrier()
+        if val_examples is None:
+            raise SystemExit("no validation set: pass --val-dir (Composition-1k layout)")
+        if cfg["val_limit"]:
+            val_examples = [
+                val_examples[i] for i in range(min(cfg["val_limit"], len(val_examples)))
+            ]
+        self.train_set, self.val_examples = train_set, val_examples
+        self.data_description = f"{train_set!r}, {len(val_examples)} validation images"
+        self.sampler = ResumableSampler(
+            train_set, dist_utils.world_size(), dist_utils.rank(), cfg["seed"], cfg["batch_size"]
+        )
+        if self.iters_per_epoch == 0:
+            raise SystemExit(
+                f"the training set has {len(train_set)} samples, fewer than one batch of "
+                f"{cfg['batch_size']} per process: lower --batch-size"
+            )
+        workers = cfg["workers"]
+        # One loader for the whole run: the sampler is re-read every epoch, and the dataset's
+        # epoch counter lives in shared memory, so persistent workers see set_epoch().
+        self.loader = DataLoader(
+            train_set,
+            batch_size=cfg["batch_size"],
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            worker_init_fn=worker_init_fn,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        model = DIM(
+            fc6=cfg["fc6"],
+            upsample=cfg["upsample"],
+            skip=cfg["skip"],
+            refine=self.stage > 1,
+            refine_add=cfg["refine_add"],
+        )
+        self.init_message = self._initialise(model)
+        if self.stage == 2:
+            # The encoder-decoder is truly frozen: no gradients, BN statistics fixed (eval
+            # mode in train_mode()), and absent from the optimiser.
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("refine_head."))
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if dist_utils.is_distributed() and cfg["sync_bn"]:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model  # the plain module: what checkpoints store
+        net = model
+        if dist_utils.is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if cfg["compile"]:
+            net = torch.compile(net)
+        self.net = net  # what the training step calls
+        self.criterion = DIMLoss(w_alpha=cfg["w_alpha"], w_comp=cfg["w_comp"])
+
+    def _initialise(self, model: DIM) -> str:
+        """Load starting weights for this stage; return a line saying what was loaded."""
+        cfg = self.cfg
+        if cfg["resume"]:
+            return "weights from the resumed checkpoint"
+        init = cfg["init"]
+        if init is None and self.stage > 1:
+            prev = self.run_dir / f"stage{self.stage - 1}" / "best.pt"
+            if not prev.is_file():
+                raise SystemExit(
+                    f"stage {self.stage} starts from stage {self.stage - 1}'s best checkpoint, "
+                    f"but {prev} does not exist. Make it with:\n"
+                    f"  python train_encoder_decoder.py --stage {self.stage - 1} "
+                    f"--run-name {cfg['run_name']} --runs-dir {cfg['runs_dir']}\n"
+                    "or pass --init PATH."
+                )
+            init = prev
+        if init is not None:
+            state = load_checkpoint(init)
+            missing, unexpected = model.load_state_dict(state["model"], strict=False)
+            bad = [k for k in missing if not k.startswith("refine_head.")]
+            if bad or unexpected:
+                raise SystemExit(
+                    f"--init {init}: its weights do not fit this model "
+                    f"(missing {bad[:5]}, unexpected {list(unexpected)[:5]}); "
+                    f"it was trained with {state['model_config']}"
+                )
+            fresh = " (refine head freshly initialised)" if missing else ""
+            return f"weights from {init} (stage {state.get('stage', '?')}){fresh}"
+        if self.stage == 1:
+            weights = cfg["vgg_weights"]
+            if weights is None:
+                cached = vgg_hub_cache_file()
+                if not cached.is_file():
+                    log.warning(
+                        "No ImageNet VGG16-BN weights (looked for --vgg-weights and %s). "
+                        "Training the encoder from random init: expect far slower convergence "
+                        "and a worse final SAD than the paper (fine for the synthetic demo).",
+                        cached,
+                    )
+                    return "random init (no VGG16-BN weights found)"
+                weights = cached
+            try:
+                report = load_vggbn(model, weights)
+            except VGGWeightsError as e:
+                raise SystemExit(f"--vgg-weights: {e}") from e
+            return f"ImageNet VGG16-BN encoder ({report.summary()})"
+        return "random init"
+
+    def _setup_optim(self) -> None:
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg["optimizer"] == "adam":
+            opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        elif cfg["optimizer"] == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        else:
+            opt = torch.optim.SGD(
+                params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"]
+            )
+        self.optimizer = opt
+        # Schedulers step once per iteration, after optimizer.step().
+        iters = self.iters_per_epoch * cfg["epochs"]
+        if cfg["scheduler"] == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters))
+        elif cfg["scheduler"] == "step":
+            self.scheduler = torch.optim.lr_scheduler.StepLR(
+                opt, step_size=max(1, cfg["lr_step"] * self.iters_per_epoch), gamma=cfg["lr_gamma"]
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype is torch.float16
+        )
+
+    def _setup_visualizer(self) -> None:
+        from utils.visualization import Visualizer
+
+        self.viz = None
+        if self.main:
+            self.viz = Visualizer(
+                self.stage_dir,
+                env=f"{self.cfg['run_name']}-stage{self.stage}",
+                server=self.cfg["visdom_server"],
+                port=self.cfg["visdom_port"],
+                enabled=not self.cfg["no_visdom"],
+            )
+            self.viz.text("config", json.dumps(self.cfg, indent=1, sort_keys=True))
+
+    @property
+    def iters_per_epoch(self) -> int:
+        full = len(self.train_set) // (self.cfg["batch_size"] * dist_utils.world_size())
+        cap = self.cfg["iters_per_epoch"]
+        return full if cap is None else min(full, cap)
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "model_config": dict(self.model.config),
+            "stage": self.stage,
+            "config": self.cfg,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "iteration": self.iteration,
+            "best_sad": self.best_sad,
+            "history": self.history,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+        }
+
+    def save(self, name: str) -> Path | None:
+        if not self.main:
+            return None
+        return save_checkpoint(self.stage_dir / name, self.state_dict())
+
+    def _resume(self) -> None:
+        path = self.cfg["resume"]
+        path = self.stage_dir / "last.pt" if path == "auto" else Path(path)
+        if not path.is_file():
+            raise SystemExit(
+                f"--resume: {path} not found (nothing to resume for run "
+                f"'{self.cfg['run_name']}' stage {self.stage}); drop --resume to start afresh"
+            )
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("stage") != self.stage:
+            raise SystemExit(
+                f"--resume {path}: it is a stage {state.get('stage')} checkpoint, "
+                f"not stage {self.stage}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.iteration = state["iteration"]
+        self.best_sad = state["best_sad"]
+        self.history = list(state.get("history", []))
+        restore_rng_state(state["rng"])
+        self.init_message = f"resumed from {path} at epoch {self.epoch}, iteration {self.iteration}"
+
+    # ---- training -----------------------------------------------------------------------
+    def train_mode(self) -> None:
+        self.model.train()
+        if self.stage == 2:
+            # Frozen BN layers must not update their running statistics either.
+            for name, module in self.model.named_children():
+                if name != "refine_head":
+                    module.eval()
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, data: torch.Tensor, label: torch.Tensor) -> tuple:
+        non_blocking = self.device.type == "cuda"
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        data = data.to(self.device, non_blocking=non_blocking, memory_format=fmt)
+        label = label.to(self.device, non_blocking=non_blocking)
+        with self._autocast():
+            raw, refined = self.net(data)
+        pred = raw if self.stage == 1 else refined
+        loss, parts = self.criterion(pred.float(), label)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(
+                f"loss became {value} at iteration {self.iteration + 1}; stopping without "
+                "saving. Lower --lr, enable --grad-clip, or try --amp off. The last good "
+                f"checkpoint in {self.stage_dir} is untouched."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg["grad_clip"] > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.cfg["grad_clip"]
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.iteration += 1
+        out = {"total": value, **{k: float(v.detach()) for k, v in parts.items()}}
+        return out, raw, refined, data, label
+
+    def train_epoch(self, max_iters: int | None = None) -> dict:
+        """Train one epoch (or its remainder after a resume); return mean losses."""
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.skip_batches = self.batch_in_epoch
+        self.sampler.max_batches = self.iters_per_epoch
+        self.train_set.set_epoch(self.epoch)
+        loader = self.loader
+        self.train_mode()
+        sums: dict[str, float] = {}
+        n = 0
+        t0 = time.perf_counter()
+        bar = tqdm(
+            loader,
+            desc=f"stage {self.stage} epoch {self.epoch + 1}/{cfg['epochs']}",
+            total=len(loader),
+            disable=not self.main,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        for data, label in bar:
+            losses, raw, refined, data, label = self.train_step(data, label)
+            self.batch_in_epoch += 1
+            n += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            elapsed = time.perf_counter() - t0
+            rate = n * cfg["batch_size"] * dist_utils.world_size() / max(elapsed, 1e-9)
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{losses['total']:.4f}", lr=f"{lr:.1e}", sps=f"{rate:.1f}")
+            if self.viz is not None:
+                if self.iteration % cfg["log_every"] == 0:
+                    self.viz.scalars(self.iteration, losses, "loss")
+                    self.viz.scalars(self.iteration, {"lr": lr}, "lr")
+                    self.viz.scalars(self.iteration, {"samples_per_s": rate}, "speed")
+                if self.iteration % cfg["panel_every"] == 0:
+                    self.viz.matting_panel(
+                        self.iteration,
+                        "train",
+                        data.float().cpu(),
+                        label.cpu(),
+                        raw.detach().float().cpu(),
+                        None if refined is None else refined.detach().float().cpu(),
+                    )
+            if cfg["save_every"] and self.iteration % cfg["save_every"] == 0:
+                self.save("last.pt")
+            if max_iters is not None and self.iteration >= max_iters:
+                break
+        bar.close()
+        means = {k: v / max(n, 1) for k, v in sums.items()}
+        means["samples_per_s"] = (
+            n * cfg["batch_size"] * dist_utils.world_size() / max(time.perf_counter() - t0, 1e-9)
+        )
+        return means
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Official metrics on the fixed validation set, full-image inference (rank 0 only)."""
+        from evaluate import evaluate_model
+
+        self.model.eval()
+        _, summary = evaluate_model(
+            self.model,
+            self.val_examples,
+            device=self.device,
+            amp=None
+            if self.amp_dtype is None
+            else ("bf16" if self.amp_dtype is torch.bfloat16 else "fp16"),
+            progress=False,
+        )
+        return summary
+
+    def fit(self, max_iters: int | None = None) -> dict | None:
+        """Run the remaining epochs; return the last validation summary (rank 0)."""
+        cfg = self.cfg
+        max_iters = max_iters if max_iters is not None else cfg["max_iters"]
+        if self.main:
+            log.info(
+                "stage %d | data: %s | init: %s",
+                self.stage,
+                self.data_description,
+                self.init_message,
+            )
+            log.info(
+                "device %s, amp %s, channels_last %s, world size %d, %d iterations/epoch",
+                self.device,
+                self.amp_dtype,
+                self.channels_last,
+                dist_utils.world_size(),
+                self.iters_per_epoch,
+            )
+        summary = None
+        try:
+            while self.epoch < cfg["epochs"]:
+                train = self.train_epoch(max_iters)
+                if self.batch_in_epoch < self.iters_per_epoch:  # stopped by max_iters
+                    self.save("last.pt")
+                    log.info(
+                        "stopped after %d iterations (--max-iters); resume with --resume",
+                        self.iteration,
+                    )
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                summary = self._end_epoch(train)
+                if max_iters is not None and self.iteration >= max_iters:
+                    break
+        except KeyboardInterrupt:
+            self.save("last.pt")
+            log.warning("interrupted: saved %s; continue with --resume", self.stage_dir / "last.pt")
+            raise
+        finally:
+            if self.viz is not None:
+                self.viz.close()
+        return summary
+
+    def _end_epoch(self, train: dict) -> dict | None:
+        summary = None
+        if self.main:
+            summary = self.validate()
+            improved = summary["sad"] < self.best_sad
+            if improved:
+                self.best_sad = summary["sad"]
+            record = {
+                "epoch": self.epoch,
+                "iteration": self.iteration,
+                **{f"train_{k}": v for k, v in train.items()},
+                **{f"val_{k}": v for k, v in summary.items() if isinstance(v, float)},
+            }
+            self.history.append(record)
+            self.save("last.pt")
+            if improved:
+                self.save("best.pt")
+            line = (
+                f"epoch {self.epoch}/{self.cfg['epochs']} it {self.iteration} | "
+                f"loss {train.get('total', float('nan')):.4f} | "
+                f"val SAD {summary['sad']:.3f} MSE {summary['mse']:.4f} "
+                f"Grad {summary['grad']:.3f} Conn {summary['conn']:.3f} (/1000 units) | "
+                f"{train['samples_per_s']:.1f} samples/s" + (" | best" if improved else "")
+            )
+            log.info(line)
+            self.viz.scalars(
+                self.iteration, {k: summary[k] for k in ("sad", "mse", "grad", "conn")}, "val"
+            )
+            self.viz.text("epochs", line)
+        dist_utils.barrier()
+        return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    if dist_utils.rank() == 0 or not dist_utils.launched_by_torchrun():
+        source = (
+            "built-in synthetic set (no --data-root given)"
+            if cfg["dataset"] == "synthetic"
+            else f"Adobe data at {cfg['data_root']}"
+        )
+        log.info(
+            "training stage %d on the %s with %s",
+            cfg["stage"],
+            source,
+            ", ".join(
+                f"{k}={cfg[k]}"
+                for k in ("crop_size", "batch_size", "lr", "epochs", "iters_per_epoch")
+            ),
+        )
+    try:
+        trainer = Trainer(cfg)
+        trainer.fit()
+    except NonFiniteLoss as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        dist_utils.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

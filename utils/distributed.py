@@ -1,0 +1,83 @@
+"""torchrun / DDP helpers: the only module that talks to torch.distributed.
+
+Launch many GPUs with ``torchrun --nproc_per_node=N train_encoder_decoder.py ...``; torchrun sets
+RANK, LOCAL_RANK and WORLD_SIZE, which :func:`init_distributed` reads. Without them every helper
+degrades to the single-process answer, so callers never branch on "am I distributed".
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on the process that logs, validates and saves (rank 0)."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device_type: str) -> torch.device | None:
+    """Join the process group torchrun describes; return this process's device or None.
+
+    NCCL on CUDA, gloo on CPU (gloo is also what the tests use). Each CUDA process takes the GPU
+    named by LOCAL_RANK among the visible ones; nothing here touches CUDA_VISIBLE_DEVICES.
+    """
+    if not launched_by_torchrun() or is_distributed():
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        device = torch.device(device_type)
+        backend = "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return device
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    """Send a picklable object from rank 0 to every rank (identity when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_mean(value: float, device: torch.device) -> float:
+    """Mean of a Python float over all ranks."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / world_size()
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
