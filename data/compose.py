@@ -1,0 +1,474 @@
+"""Online compositing: pure numpy/OpenCV functions, no file I/O, no randomness of their own.
+
+Every random choice takes an ``np.random.Generator`` argument, so a sample is a function of
+(inputs, rng state) and nothing else. Conventions:
+
+* images are (H, W, 3) uint8 RGB; alpha mattes (H, W) uint8 0-255 unless a name says ``01``
+  (float32 in [0, 1]); trimaps (H, W) uint8 in {0, 128, 255};
+* coordinates are (row, col) = (y, x) in pixels; a crop "box" is its top-left corner
+  (y0, x0), which may be negative or run past the image: the outside is zero-padded.
+
+One training sample (:func:`make_sample`), following the paper (REFERENCE.md section 1):
+
+1. crop size drawn from ``crop_sizes``;
+2. crop centred on a random unknown pixel (0 < alpha < 255; the hard edge of a binary matte
+   when there is none; anywhere when the matte is constant), zero padding outside;
+3. trimap of the crop from the alpha: foreground (alpha == 255) eroded and non-zero region
+   dilated by discs of random size k in ``k_range``; unknown = 128;
+4. background: upscaled (only when smaller than the foreground) as the official
+   ``Composition_code.py`` does, a random foreground-sized window of it, resampled straight
+   into the crop's output grid (one interpolation instead of upscale + crop + resize);
+5. foreground/alpha resized to the output size with INTER_AREA (INTER_LINEAR when
+   enlarging), trimap with INTER_NEAREST;
+6. horizontal flip with probability ``flip_p``;
+7. composite ``alpha*fg + (1-alpha)*bg`` on the resized crop, so the identity the
+   compositional loss relies on holds exactly for the returned arrays.
+
+Only the crop window of the foreground is ever read or converted, so a memory-mapped
+foreground costs a window copy, not a full decode.
+
+Trimap kernels: a "kernel of size k" is the digital disc {dx^2 + dy^2 <= ((k-1)/2)^2}
+(:func:`disc_kernel`, elliptical with equal axes). Erosion/dilation by it is computed as a
+threshold on exact Euclidean distance maps (:func:`distance_maps`), which gives the same
+result as ``cv2.erode``/``cv2.dilate`` with that kernel (tested) but costs a comparison per
+pixel once the maps are cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG = 0, 128, 255
+# Squared distances are stored as uint8 with 255 meaning "255 or more", so cached distance
+# maps are exact for disc radii below sqrt(255): kernel sizes up to 32.
+K_MAX_CACHED = 32
+
+
+# --- trimaps ---------------------------------------------------------------------------------
+def disc_radius_sq(k: int) -> float:
+    """Squared radius of the disc kernel of size ``k`` (k >= 1): ((k-1)/2)^2."""
+    return ((int(k) - 1) / 2.0) ** 2
+
+
+def disc_kernel(k: int) -> np.ndarray:
+    """The disc structuring element of size ``k``: uint8 (2h+1, 2h+1), h = floor((k-1)/2).
+
+    k = 1 and 2 are the single pixel (no-op); odd k gives a k x k round kernel.
+    """
+    if k < 1:
+        raise ValueError(f"kernel size must be >= 1, got {k}")
+    h = (int(k) - 1) // 2
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+    return (yy * yy + xx * xx <= disc_radius_sq(k)).astype(np.uint8)
+
+
+def draw_kernel_sizes(rng: np.random.Generator, k_range: tuple[int, int]) -> tuple[int, int]:
+    """Erosion and dilation kernel sizes, each uniform in [k_range[0], k_range[1]]."""
+    lo, hi = int(k_range[0]), int(k_range[1])
+    if not 1 <= lo <= hi:
+        raise ValueError(f"k_range must satisfy 1 <= lo <= hi, got {k_range}")
+    ke, kd = rng.integers(lo, hi + 1, size=2)
+    return int(ke), int(kd)
+
+
+def _as_alpha_u8(alpha: np.ndarray) -> np.ndarray:
+    a = np.asarray(alpha)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind == "f":
+        return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    raise ValueError(f"alpha must be uint8 0-255 or float in [0, 1], got {a.dtype}")
+
+
+def trimap_from_alpha(
+    alpha: np.ndarray, rng: np.random.Generator, k_range: tuple[int, int] = (1, 30)
+) -> np.ndarray:
+    """Random trimap of a whole matte (reference implementation with cv2 morphology).
+
+    alpha: (H, W) uint8 0-255 or float in [0, 1]. Foreground = alpha == 255 eroded by
+    ``disc_kernel(ke)``; unknown = (alpha > 0 dilated by ``disc_kernel(kd)``) minus that;
+    ke, kd drawn by :func:`draw_kernel_sizes`. Returns uint8 (H, W) in {0, 128, 255}; every
+    pixel with 0 < alpha < 255 is unknown.
+    """
+    a = _as_alpha_u8(alpha)
+    ke, kd = draw_kernel_sizes(rng, k_range)
+    fg = cv2.erode((a == 255).view(np.uint8), disc_kernel(ke))
+    region = cv2.dilate((a > 0).view(np.uint8), disc_kernel(kd))
+    out = np.where(region > 0, TRIMAP_UNKNOWN, TRIMAP_BG).astype(np.uint8)
+    out[fg > 0] = TRIMAP_FG
+    return out
+
+
+def distance_maps(alpha: np.ndarray) -> np.ndarray:
+    """Exact squared Euclidean distances that define every trimap of ``alpha``.
+
+    Returns uint8 (H, W, 2), values clipped to 255:
+    [..., 0] distance^2 from each pixel to the nearest pixel with alpha < 255 (0 there);
+    [..., 1] distance^2 from each pixel to the nearest pixel with alpha > 0 (0 there).
+    As with cv2.erode/dilate's default border, nothing outside the array counts.
+    """
+    a = _as_alpha_u8(alpha)
+    out = np.empty((*a.shape, 2), np.uint8)
+    for ch, src in enumerate((a == 255, a == 0)):
+        d = cv2.distanceTransform(src.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        np.minimum(np.rint(np.square(np.minimum(d, 16.0))), 255.0, out=d)
+        out[..., ch] = d
+    return out
+
+
+def trimap_from_distances(dist2: np.ndarray, ke: int, kd: int) -> np.ndarray:
+    """Trimap from :func:`distance_maps` and kernel sizes: uint8 (H, W) in {0, 128, 255}.
+
+    Same result as :func:`trimap_from_alpha` with those kernel sizes (ke, kd <= 32).
+    """
+    if max(ke, kd) > K_MAX_CACHED:
+        raise ValueError(f"distance maps are exact for kernel sizes <= {K_MAX_CACHED}")
+    d_fg, d_region = cv2.split(np.ascontiguousarray(dist2))
+    # Distances are integers: d > r^2 <=> d > floor(r^2). cv2.compare gives 0/255 masks.
+    fg = cv2.compare(d_fg, math.floor(disc_radius_sq(ke)), cv2.CMP_GT)
+    region = cv2.compare(d_region, math.floor(disc_radius_sq(kd)), cv2.CMP_LE)
+    # The eroded foreground lies inside the dilated region, so max() layers 255 over 128.
+    return cv2.max(cv2.bitwise_and(region, TRIMAP_UNKNOWN), fg)
+
+
+def quantize_trimap(trimap: np.ndarray) -> np.ndarray:
+    """Snap a trimap read from disk to {0, 128, 255}: < 64 -> 0, >= 192 -> 255, else 128.
+
+    Exact trimaps pass unchanged; JPEG noise or 127-for-unknown conventions are fixed.
+    """
+    t = np.asarray(trimap)
+    out = np.full(t.shape, TRIMAP_UNKNOWN, np.uint8)
+    out[t < 64] = TRIMAP_BG
+    out[t >= 192] = TRIMAP_FG
+    return out
+
+
+# --- crop placement --------------------------------------------------------------------------
+def unknown_candidates(alpha: np.ndarray) -> np.ndarray:
+    """Flat indices (int32, row-major) of pixels a crop may be centred on.
+
+    The fractional pixels 0 < alpha < 255 (unknown in every trimap drawn from this matte);
+    for a binary matte the pixels along its edge (3x3 morphological gradient); empty for a
+    constant matte.
+    """
+    a = _as_alpha_u8(alpha)
+    idx = np.flatnonzero((a > 0) & (a < 255))
+    if idx.size == 0:
+        edge = cv2.morphologyEx(
+            (a > 0).view(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)
+        )
+        idx = np.flatnonzero(edge)
+    return idx.astype(np.int32)
+
+
+def pick_centre(
+    candidates: np.ndarray, shape: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int]:
+    """A random (y, x) among ``candidates`` (flat indices into ``shape``); any pixel if empty."""
+    h, w = shape
+    if len(candidates) == 0:
+        return int(rng.integers(h)), int(rng.integers(w))
+    y, x = divmod(int(candidates[rng.integers(len(candidates))]), w)
+    return y, x
+
+
+def crop_origin(centre: tuple[int, int], size: int) -> tuple[int, int]:
+    """Top-left (y0, x0) of the ``size`` x ``size`` crop whose pixel (size//2, size//2) is
+    ``centre``. May be negative or past the image: :func:`crop_padded` pads, never shifts."""
+    return centre[0] - size // 2, centre[1] - size // 2
+
+
+def crop_padded(
+    arr: np.ndarray, y0: int, x0: int, h: int, w: int, fill: float | Sequence[float] = 0
+) -> np.ndarray:
+    """Window [y0, y0+h) x [x0, x0+w) of ``arr`` (H, W[, C]); outside the array = ``fill``.
+
+    Reads only the overlapping part (cheap on memory-mapped arrays). Returns a new
+    C-contiguous array of ``arr``'s dtype; ``fill`` may be per channel.
+    """
+    H, W = arr.shape[:2]
+    ya, yb = max(y0, 0), min(y0 + h, H)
+    xa, xb = max(x0, 0), min(x0 + w, W)
+    chans = arr.shape[2] if arr.ndim == 3 else 1
+    if ya < yb and xa < xb and chans <= 4 and arr.dtype in (np.uint8, np.float32):
+        # One pass (copy + border) instead of fill-then-copy.
+        value = np.broadcast_to(np.asarray(fill, np.float64), (chans,)).tolist()
+        out = cv2.copyMakeBorder(
+            arr[ya:yb, xa:xb],
+            ya - y0,
+            y0 + h - yb,
+            xa - x0,
+            x0 + w - xb,
+            cv2.BORDER_CONSTANT,
+            value=value + [0.0] * (4 - chans),
+        )
+        return out.reshape((h, w, *arr.shape[2:]))
+    out = np.empty((h, w, *arr.shape[2:]), arr.dtype)
+    out[...] = fill
+    if ya < yb and xa < xb:
+        out[ya - y0 : yb - y0, xa - x0 : xb - x0] = arr[ya:yb, xa:xb]
+    return out
+
+
+def crop_view(
+    arr: np.ndarray, y0: int, x0: int, h: int, w: int, fill: float | Sequence[float] = 0
+) -> np.ndarray:
+    """As :func:`crop_padded`, but a view into ``arr`` (no copy) when the window lies
+    inside it. Treat the result as read-only."""
+    if y0 >= 0 and x0 >= 0 and y0 + h <= arr.shape[0] and x0 + w <= arr.shape[1]:
+        return arr[y0 : y0 + h, x0 : x0 + w]
+    return crop_padded(arr, y0, x0, h, w, fill)
+
+
+# --- backgrounds -----------------------------------------------------------------------------
+def fitted_size(bg_hw: tuple[int, int], fg_hw: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of the background after the official fit: when it is smaller than the
+    foreground on either side, scaled by the larger of the two ratios, rounded up."""
+    (bh, bw), (h, w) = bg_hw, fg_hw
+    ratio = max(w / bw, h / bh)
+    if ratio > 1:
+        return math.ceil(bh * ratio), math.ceil(bw * ratio)
+    return bh, bw
+
+
+def fit_background(bg: np.ndarray, fg_hw: tuple[int, int]) -> np.ndarray:
+    """Official background fit (``Composition_code.py``): bicubic upscale to
+    :func:`fitted_size` when smaller than the foreground, else unchanged."""
+    vh, vw = fitted_size(bg.shape[:2], fg_hw)
+    if (vh, vw) == bg.shape[:2]:
+        return bg
+    return cv2.resize(np.asarray(bg), (vw, vh), interpolation=cv2.INTER_CUBIC)
+
+
+def random_window(
+    fitted_hw: tuple[int, int], fg_hw: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int]:
+    """Random top-left (y, x) of a foreground-sized window inside the fitted background."""
+    return (
+        int(rng.integers(fitted_hw[0] - fg_hw[0] + 1)),
+        int(rng.integers(fitted_hw[1] - fg_hw[1] + 1)),
+    )
+
+
+def resample_background(
+    bg: np.ndarray,
+    fg_hw: tuple[int, int],
+    window: tuple[int, int],
+    box: tuple[int, int, int],
+    out_size: int,
+) -> np.ndarray:
+    """The background seen through a crop, resampled once: uint8 (out, out, 3).
+
+    Equivalent (to sub-pixel alignment and the filter) to: ``fit_background``, take the
+    fg-sized window at ``window``, take the crop ``box`` = (y0, x0, size) of it with zero
+    padding outside the window, resize to ``out_size``. Enlarging (the usual case: COCO
+    backgrounds are smaller than Adobe foregrounds) uses one bilinear warp; shrinking uses
+    INTER_AREA on the covered source rectangle.
+    """
+    (bh, bw), (H, W) = bg.shape[:2], fg_hw
+    vh, vw = fitted_size((bh, bw), fg_hw)
+    sy, sx = vh / bh, vw / bw
+    y0, x0, c = box
+    f = out_size / c
+    out = np.zeros((out_size, out_size, 3), np.uint8)
+    # Valid part of the crop (inside the fg-sized window), in crop and output pixels.
+    ry0, ry1 = max(0, -y0), min(c, H - y0)
+    rx0, rx1 = max(0, -x0), min(c, W - x0)
+    if ry0 >= ry1 or rx0 >= rx1:
+        return out
+    oy0, oy1 = round(ry0 * f), round(ry1 * f)
+    ox0, ox1 = round(rx0 * f), round(rx1 * f)
+    if oy0 >= oy1 or ox0 >= ox1:
+        return out
+    vy, vx = window[0] + y0, window[1] + x0  # crop origin in fitted-background pixels
+    if c / (out_size * sy) <= 1.0 + 1e-9 and c / (out_size * sx) <= 1.0 + 1e-9:
+        # Output pixel u (centre u + 0.5) -> fitted coordinate vy + (u + 0.5)/f - 0.5
+        # -> source coordinate (vy + (u + 0.5)/f)/sy - 0.5 (cv2.resize's centre convention).
+        ay, ax = 1.0 / (f * sy), 1.0 / (f * sx)
+        by, bx = (vy + 0.5 / f) / sy - 0.5, (vx + 0.5 / f) / sx - 0.5
+        # Read only the source rectangle the valid output region touches (+2 px margin).
+        sy0 = max(math.floor(ay * oy0 + by) - 2, 0)
+        sy1 = min(math.ceil(ay * (oy1 - 1) + by) + 3, bh)
+        sx0 = max(math.floor(ax * ox0 + bx) - 2, 0)
+        sx1 = min(math.ceil(ax * (ox1 - 1) + bx) + 3, bw)
+        src = np.ascontiguousarray(bg[sy0:sy1, sx0:sx1])
+        m = np.array([[ax, 0.0, ax * ox0 + bx - sx0], [0.0, ay, ay * oy0 + by - sy0]])
+        out[oy0:oy1, ox0:ox1] = cv2.warpAffine(
+            src,
+            m,
+            (ox1 - ox0, oy1 - oy0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    else:
+        ty0 = min(max(round((vy + ry0) / sy), 0), bh - 1)
+        ty1 = min(max(round((vy + ry1) / sy), ty0 + 1), bh)
+        tx0 = min(max(round((vx + rx0) / sx), 0), bw - 1)
+        tx1 = min(max(round((vx + rx1) / sx), tx0 + 1), bw)
+        src = np.ascontiguousarray(bg[ty0:ty1, tx0:tx1])
+        out[oy0:oy1, ox0:ox1] = cv2.resize(
+            src, (ox1 - ox0, oy1 - oy0), interpolation=cv2.INTER_AREA
+        ).reshape(oy1 - oy0, ox1 - ox0, 3)
+    return out
+
+
+# --- resize, flip, composite -----------------------------------------------------------------
+def resize_to(img: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
+    """Resize (h, w[, C]) to (size, size[, C]): INTER_NEAREST for label maps (trimaps),
+    INTER_AREA when shrinking, INTER_LINEAR when enlarging. Same dtype."""
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return img
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    else:
+        interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
+    out = cv2.resize(img, (size, size), interpolation=interp)
+    return out.reshape((size, size, *img.shape[2:]))
+
+
+def hflip(img: np.ndarray) -> np.ndarray:
+    """Mirror left-right: (H, W[, C]) -> same shape, C-contiguous."""
+    return cv2.flip(img, 1).reshape(img.shape)
+
+
+def composite(fg: np.ndarray, bg: np.ndarray, alpha01: np.ndarray) -> np.ndarray:
+    """alpha*fg + (1-alpha)*bg: float32 (H, W, 3) in 0-255.
+
+    fg, bg: (H, W, 3) 0-255 (any dtype); alpha01: (H, W) float in [0, 1].
+    """
+    a = np.asarray(alpha01, np.float32)
+    a3 = cv2.merge([a, a, a])  # contiguous (H, W, 3): numpy broadcasting of (H, W, 1) is slow
+    bgf = np.asarray(bg, np.float32)
+    out = np.array(fg, np.float32)  # a*fg + (1-a)*bg, as (fg - bg)*a + bg in place
+    out -= bgf
+    out *= a3
+    out += bgf
+    return out
+
+
+def official_composite(
+    fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray, window: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """The Composition-1k rule on whole images: uint8 (H, W, 3).
+
+    ``fit_background``, the fg-sized window at ``window`` (the official code uses the
+    top-left, (0, 0)), composite in float32, truncated to uint8 as the official code does.
+    fg: uint8 (H, W, 3); alpha: (H, W) uint8; bg: uint8 (h, w, 3).
+    """
+    h, w = alpha.shape[:2]
+    fitted = fit_background(bg, (h, w))
+    y, x = window
+    win = fitted[y : y + h, x : x + w]
+    if win.shape[:2] != (h, w):
+        raise ValueError(f"window {window} of {fitted.shape[:2]} background is not {h}x{w}")
+    # Literally the official arithmetic (float32, a/255 in float64 first), then truncation:
+    # a different but equivalent formula flips a few values by one level.
+    a = (_as_alpha_u8(alpha) / 255.0).astype(np.float32)[..., None]
+    comp = a * np.asarray(fg, np.float32) + (1 - a) * np.asarray(win, np.float32)
+    return comp.astype(np.uint8)
+
+
+# --- one training sample ---------------------------------------------------------------------
+@dataclass
+class Sample:
+    """One training sample as arrays (HWC, before the tensor layout of data/layout.py).
+
+    fg, bg: uint8 (S, S, 3) RGB; alpha: float32 (S, S) in [0, 1]; merged: float32 (S, S, 3)
+    0-255, equal to alpha*fg + (1-alpha)*bg; trimap: uint8 (S, S) in {0, 128, 255}.
+    centre (y, x), crop size, trimap kernel sizes (erode, dilate) and flip describe how it
+    was drawn.
+    """
+
+    fg: np.ndarray
+    bg: np.ndarray
+    alpha: np.ndarray
+    merged: np.ndarray
+    trimap: np.ndarray
+    centre: tuple[int, int]
+    crop: int
+    kernels: tuple[int, int]
+    flipped: bool
+
+
+def default_crop_sizes(out_size: int) -> tuple[int, ...]:
+    """(out, 1.5*out, 2*out): the paper's 320/480/640 at out = 320, scaled otherwise."""
+    return (out_size, round(1.5 * out_size), 2 * out_size)
+
+
+def window_distances(alpha: np.ndarray, y0: int, x0: int, size: int, margin: int) -> np.ndarray:
+    """:func:`distance_maps` of the crop window (zero-padded as the crop), computed on the
+    window plus ``margin`` pixels (clipped to the image): exact for disc radii <= margin."""
+    H, W = alpha.shape[:2]
+    ya, yb = max(y0 - margin, 0), min(y0 + size + margin, H)
+    xa, xb = max(x0 - margin, 0), min(x0 + size + margin, W)
+    if ya >= yb or xa >= xb:
+        return crop_padded(np.zeros((1, 1, 2), np.uint8), 0, 0, size, size, fill=(0, 255))
+    d = distance_maps(np.ascontiguousarray(alpha[ya:yb, xa:xb]))
+    return crop_padded(d, y0 - ya, x0 - xa, size, size, fill=(0, 255))
+
+
+def make_sample(
+    fga: np.ndarray,
+    bg: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    out_size: int = 320,
+    crop_sizes: Sequence[int] | None = None,
+    k_range: tuple[int, int] = (1, 30),
+    flip_p: float = 0.5,
+    candidates: np.ndarray | None = None,
+    dist2: np.ndarray | None = None,
+) -> Sample:
+    """Draw one training sample (steps 1-7 of the module docstring).
+
+    fga: uint8 (H, W, 4), foreground RGB + alpha (may be a read-only memmap: only the crop
+    window is read). bg: uint8 (h, w, 3) (may be a memmap). candidates: cached
+    :func:`unknown_candidates` of the alpha (computed here when None). dist2: cached
+    :func:`distance_maps` (H, W, 2) (computed on the crop window when None; the result is
+    identical). The rng is consumed in a fixed order, so equal rng states give equal samples.
+    """
+    H, W = fga.shape[:2]
+    sizes = tuple(crop_sizes) if crop_sizes else default_crop_sizes(out_size)
+    c = int(sizes[int(rng.integers(len(sizes)))])
+    if candidates is None:
+        candidates = unknown_candidates(fga[..., 3])
+    centre = pick_centre(candidates, (H, W), rng)
+    y0, x0 = crop_origin(centre, c)
+    ke, kd = draw_kernel_sizes(rng, k_range)
+    window = random_window(fitted_size(bg.shape[:2], (H, W)), (H, W), rng)
+    flipped = bool(rng.random() < flip_p)
+
+    # Trimap at output resolution: thresholding commutes with nearest-neighbour resizing, so
+    # resizing the (cropped) distance maps and thresholding equals thresholding at crop
+    # resolution and resizing the trimap with INTER_NEAREST, at a fraction of the cost.
+    if max(ke, kd) <= K_MAX_CACHED:
+        if dist2 is not None:
+            d_c = crop_view(dist2, y0, x0, c, c, fill=(0, 255))
+        else:
+            d_c = window_distances(fga[..., 3], y0, x0, c, (max(ke, kd) - 1) // 2 + 1)
+        trimap = trimap_from_distances(resize_to(d_c, out_size, nearest=True), ke, kd)
+    else:  # kernels too large for uint8 distances: plain morphology on window + margin
+        m = (max(ke, kd) - 1) // 2 + 1
+        ya, yb, xa, xb = max(y0 - m, 0), min(y0 + c + m, H), max(x0 - m, 0), min(x0 + c + m, W)
+        a = np.ascontiguousarray(fga[ya:yb, xa:xb, 3])
+        fgm = cv2.erode((a == 255).view(np.uint8), disc_kernel(ke))
+        reg = cv2.dilate((a > 0).view(np.uint8), disc_kernel(kd))
+        t = np.where(reg > 0, TRIMAP_UNKNOWN, TRIMAP_BG).astype(np.uint8)
+        t[fgm > 0] = TRIMAP_FG
+        trimap = resize_to(crop_padded(t, y0 - ya, x0 - xa, c, c), out_size, nearest=True)
+
+    bg_o = resample_background(bg, (H, W), window, (y0, x0, c), out_size)
+    # cv2 reads the window straight from the (memory-mapped) foreground when it lies inside.
+    fga_o = resize_to(crop_view(fga, y0, x0, c, c), out_size)
+    if flipped:
+        fga_o, trimap, bg_o = hflip(fga_o), hflip(trimap), hflip(bg_o)
+    fg_o = cv2.cvtColor(fga_o, cv2.COLOR_RGBA2RGB)  # contiguous RGB: cheaper downstream
+    alpha01 = fga_o[..., 3].astype(np.float32) * np.float32(1.0 / 255.0)
+    merged = composite(fg_o, bg_o, alpha01)
+    return Sample(fg_o, bg_o, alpha01, merged, trimap, centre, c, (ke, kd), flipped)

@@ -1,0 +1,509 @@
+"""AdobeDataset: Adobe foregrounds composited online on COCO backgrounds, every epoch afresh.
+
+``dataset[i]`` -> ``(data, label)``, float32 tensors in the layout of ``data/layout.py``:
+``data`` (4, S, S) = ImageNet-normalised composite + scaled trimap; ``label`` (11, S, S) =
+bg, fg, merged (0-255), alpha (0-1), unknown mask. ``merged == alpha*fg + (1-alpha)*bg``
+holds on the returned tensors (float32 rounding only). How one sample is drawn:
+``data/compose.py``; where the files come from and the decoded cache: ``data/sources.py``.
+
+Crop sizes: the paper's {320, 480, 640} for output 320. By default they scale with the
+output size S as (S, 1.5 S, 2 S) (e.g. 64, 96, 128 for S = 64) so a small CPU run sees the
+same mix of context; pass ``crop_sizes`` to fix them.
+
+Randomness: sample i of epoch e is drawn from ``SeedSequence([seed, e, i])``. The samples
+therefore differ between epochs (:meth:`AdobeDataset.set_epoch`), are identical for the
+same seed, and do not depend on the number of DataLoader workers or on which worker draws
+them. The epoch lives in shared memory, so ``set_epoch`` also reaches persistent workers;
+call it before iterating the loader. :func:`worker_init_fn` seeds Python/NumPy/torch per
+worker for any other code that uses the global generators.
+
+Self-test: ``python data/py_adobe_data.py [--root DIR] [--n 32] [--out grid.png]``; on the
+built-in synthetic set when no data is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data import compose, layout
+from data.sources import (
+    CachedStore,
+    DataSourceError,
+    DecodingStore,
+    MattingSources,
+    default_cache_dir,
+    find_layout,
+    find_sources,
+)
+from data.testsets import (
+    ExampleSet,
+    build_validation_set,
+    manifest_digest,
+    open_testset,
+    validation_manifest,
+)
+from utils.image_io import write_png
+
+PathLike = str | os.PathLike
+
+
+class AdobeDataset(Dataset):
+    """Online compositing dataset over the (fg, bg) pairs of ``sources``.
+
+    Args:
+        sources: from :func:`data.sources.find_sources` (or a split of it).
+        output_size: side S of the returned samples (a multiple of 32 for the model).
+        crop_sizes: crop sides drawn uniformly; default (S, 1.5 S, 2 S).
+        flip_p: probability of a horizontal flip.
+        k_range: trimap erosion/dilation kernel sizes, inclusive (paper: 1-30).
+        seed: base of every sample's random stream.
+        cache: decode every image once into ``cache_dir`` (memory-mapped ``.npy``; built
+            here, ``workers`` processes); False decodes the files for every sample.
+        cache_backgrounds: also cache the backgrounds (~0.9 MB per COCO image).
+        store: an object with ``foreground(fg)``/``background(path)`` (overrides cache).
+    """
+
+    def __init__(
+        self,
+        sources: MattingSources,
+        *,
+        output_size: int = 320,
+        crop_sizes: Sequence[int] | None = None,
+        flip_p: float = 0.5,
+        k_range: tuple[int, int] = (1, 30),
+        seed: int = 0,
+        cache: bool = True,
+        cache_dir: PathLike | None = None,
+        cache_backgrounds: bool = True,
+        workers: int | None = None,
+        progress: bool = True,
+        store=None,
+    ):
+        if len(sources) == 0:
+            raise DataSourceError("no (foreground, background) pairs: nothing to train on")
+        if output_size < 1:
+            raise ValueError(f"output_size must be positive, got {output_size}")
+        self.crop_sizes = tuple(
+            int(c) for c in (crop_sizes or compose.default_crop_sizes(output_size))
+        )
+        if min(self.crop_sizes) < 1:
+            raise ValueError(f"crop sizes must be positive, got {self.crop_sizes}")
+        compose.draw_kernel_sizes(np.random.default_rng(0), k_range)  # validates k_range
+        self.sources = sources
+        self.output_size = int(output_size)
+        self.flip_p = float(flip_p)
+        self.k_range = (int(k_range[0]), int(k_range[1]))
+        self.seed = int(seed)
+        if store is None:
+            if cache:
+                store = CachedStore(cache_dir, cache_backgrounds=cache_backgrounds)
+                store.build(sources.foregrounds, sources.backgrounds, workers, progress)
+            else:
+                store = DecodingStore()
+        self.store = store
+        # Shared memory: set_epoch in the main process is seen by persistent workers too.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    # --- randomness --------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the samples of ``epoch`` from now on (call before iterating a DataLoader)."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        """The random stream of sample ``index`` in ``epoch`` (default: the current one)."""
+        e = self.epoch if epoch is None else int(epoch)
+        return np.random.default_rng(np.random.SeedSequence([self.seed, e, int(index)]))
+
+    # --- samples -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def _check_index(self, index: int) -> int:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"sample {index} out of range for {n} (fg, bg) pairs")
+        return index % n
+
+    def sample(self, index: int, epoch: int | None = None) -> compose.Sample:
+        """Sample ``index`` as arrays (HWC, see :class:`data.compose.Sample`)."""
+        index = self._check_index(index)
+        fi, bi = (int(x) for x in self.sources.pairs[index])
+        fg = self.store.foreground(self.sources.foregrounds[fi])
+        bg = self.store.background(self.sources.backgrounds[bi])
+        return compose.make_sample(
+            fg.fga,
+            bg,
+            self.rng(index, epoch),
+            out_size=self.output_size,
+            crop_sizes=self.crop_sizes,
+            k_range=self.k_range,
+            flip_p=self.flip_p,
+            candidates=fg.candidates,
+            dist2=fg.dist2,
+        )
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.sample(index)
+        data = layout.make_data(s.merged, s.trimap)
+        label = layout.make_label(s.bg, s.fg, s.merged, s.alpha, s.trimap)
+        return torch.from_numpy(data), torch.from_numpy(label)
+
+    def __repr__(self) -> str:
+        return (
+            f"AdobeDataset({len(self.sources.foregrounds)} fg, {len(self.sources.backgrounds)} "
+            f"bg, {len(self)} pairs, output {self.output_size}, crops {self.crop_sizes}, "
+            f"store {type(self.store).__name__})"
+        )
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed Python/NumPy from torch's per-worker seed (which
+    differs per worker and per epoch) and keep OpenCV single-threaded inside workers.
+
+    AdobeDataset itself does not need it (its streams are per sample); other code using the
+    global generators inside a worker does.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (seeding the legacy global generator is the point)
+    cv2.setNumThreads(1)
+
+
+# --- train/val convenience -------------------------------------------------------------------
+def _synthetic_root() -> Path | None:
+    if importlib.util.find_spec("data.synthetic") is None:
+        return None
+    from data.synthetic import ensure_synthetic
+
+    return ensure_synthetic()
+
+
+def build_train_val(
+    root: PathLike | None = None,
+    *,
+    fg_dirs: Sequence[PathLike] | PathLike | None = None,
+    alpha_dirs: Sequence[PathLike] | PathLike | None = None,
+    bg_dir: PathLike | None = None,
+    fg_names: PathLike | None = None,
+    bg_names: PathLike | None = None,
+    bg_per_fg: int = 100,
+    val_dir: PathLike | None = None,
+    val_fraction: float = 0.1,
+    val_n: int = 64,
+    val_full_size: bool = False,
+    split_seed: int = 0,
+    seed: int = 0,
+    output_size: int = 320,
+    crop_sizes: Sequence[int] | None = None,
+    flip_p: float = 0.5,
+    k_range: tuple[int, int] = (1, 30),
+    cache: bool = True,
+    cache_dir: PathLike | None = None,
+    cache_backgrounds: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[AdobeDataset, ExampleSet | None]:
+    """Training dataset and fixed validation examples from one data folder.
+
+    ``root``: an Adobe-style folder (see ``data/sources.py``), or "synthetic" for the
+    built-in set; explicit ``fg_dirs``/``alpha_dirs``/``bg_dir``/name lists override what
+    is found there (or replace ``root`` altogether).
+    Validation: ``val_dir`` (any layout ``open_testset`` reads) when given, else the
+    ``val/`` folder beside the data (the synthetic set has one), else the foregrounds are
+    split (``val_fraction``, ``split_seed``; no foreground in both) and ``val_n`` held-out
+    composites (output-size crops, or whole images with ``val_full_size``) are written once
+    under ``<cache_dir>/valsets/`` and reused. Returns (train dataset, validation examples
+    or None when val_fraction = 0 and no validation folder exists).
+    """
+    found_val = None
+    if root is not None:
+        if str(root) == "synthetic":
+            root = _synthetic_root()
+            if root is None:
+                raise DataSourceError("the built-in synthetic set (data/synthetic.py) is missing")
+        lay = find_layout(root, bg_dir)
+        fg_dirs = fg_dirs if fg_dirs is not None else lay.fg_dirs
+        alpha_dirs = alpha_dirs if alpha_dirs is not None else lay.alpha_dirs
+        bg_dir = lay.bg_dir
+        fg_names = fg_names if fg_names is not None else lay.fg_names
+        bg_names = bg_names if bg_names is not None else lay.bg_names
+        found_val = lay.val_dir
+    if fg_dirs is None or alpha_dirs is None or bg_dir is None:
+        raise DataSourceError(
+            "no training data given: pass a data root, or foreground, alpha and background folders"
+        )
+    sources = find_sources(
+        fg_dirs,
+        alpha_dirs,
+        bg_dir,
+        fg_names=fg_names,
+        bg_names=bg_names,
+        bg_per_fg=bg_per_fg,
+        seed=seed,
+    )
+    ds_kw = dict(
+        output_size=output_size,
+        crop_sizes=crop_sizes,
+        flip_p=flip_p,
+        k_range=k_range,
+        seed=seed,
+        cache=cache,
+        cache_dir=cache_dir,
+        cache_backgrounds=cache_backgrounds,
+        workers=workers,
+        progress=progress,
+    )
+    if val_dir is not None or found_val is not None:
+        return AdobeDataset(sources, **ds_kw), open_testset(val_dir or found_val)
+    if val_fraction <= 0:
+        return AdobeDataset(sources, **ds_kw), None
+    train_src, val_src = sources.split(val_fraction, split_seed)
+    if len(val_src) == 0:
+        raise DataSourceError(
+            f"val_fraction={val_fraction} leaves no validation foreground out of "
+            f"{len(sources.foregrounds)}; pass val_fraction=0 or a validation folder"
+        )
+    train = AdobeDataset(train_src, **ds_kw)
+    size = None if val_full_size else output_size
+    manifest = validation_manifest(val_src, val_n, seed, size, k_range, crop_sizes)
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = base / "valsets" / f"val-{manifest_digest(manifest)}"
+    store = train.store if not isinstance(train.store, DecodingStore) else None
+    if isinstance(store, CachedStore):
+        store.build(val_src.foregrounds, val_src.backgrounds, workers, progress)
+    build_validation_set(
+        val_src, out, val_n, seed, size, k_range=k_range, crop_sizes=crop_sizes, store=store
+    )
+    return train, open_testset(out)
+
+
+# --- demo data (self-test when data/synthetic.py is absent, benchmarks, tests) ---------------
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """float32 (h, w) in [0, 1]: random grid of ``cells`` per long side, bicubic-upscaled."""
+    gh, gw = max(2, cells * h // max(h, w) + 2), max(2, cells * w // max(h, w) + 2)
+    out = cv2.resize(rng.random((gh, gw), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    lo, hi = float(out.min()), float(out.max())
+    return (out - lo) / max(hi - lo, 1e-6)
+
+
+def demo_foreground(
+    rng: np.random.Generator, h: int, w: int, band: float = 0.04
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random smooth blob with a soft edge (unknown band) and a few thin strands.
+
+    Returns (uint8 (h, w, 3) RGB with photo-like noise, uint8 (h, w) alpha).
+    """
+    field = _smooth_noise(rng, h, w, 4)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    centre = 1.0 - np.hypot((yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2))
+    f = 0.6 * field + 0.6 * centre
+    a = np.clip((f - 0.55) / band + 0.5, 0.0, 1.0)
+    strands = np.zeros((h, w), np.uint8)
+    for _ in range(12):
+        p = (int(rng.integers(w)), int(rng.integers(h)))
+        q = (int(p[0] + rng.normal(0, w / 6)), int(p[1] + rng.normal(0, h / 6)))
+        cv2.line(strands, p, q, int(rng.integers(80, 256)), 1, cv2.LINE_AA)
+    a = np.maximum(a, strands.astype(np.float32) / 255.0)
+    alpha = np.rint(a * 255).astype(np.uint8)
+    colour = np.stack([_smooth_noise(rng, h, w, 6) for _ in range(3)], -1) * 200 + 30
+    colour += rng.normal(0, 4, colour.shape).astype(np.float32)
+    return np.clip(np.rint(colour), 0, 255).astype(np.uint8), alpha
+
+
+def demo_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random textured background: uint8 (h, w, 3) RGB."""
+    base = np.stack([_smooth_noise(rng, h, w, 8) for _ in range(3)], -1) * 220 + 15
+    base += rng.normal(0, 6, base.shape).astype(np.float32)
+    return np.clip(np.rint(base), 0, 255).astype(np.uint8)
+
+
+def make_demo_folder(
+    root: PathLike,
+    n_fg: int = 6,
+    n_bg: int = 12,
+    fg_hw: tuple[int, int] = (360, 480),
+    bg_hw: tuple[int, int] = (240, 320),
+    bg_per_fg: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Write a small Adobe-like folder: fg/*.png, alpha/*.png, bg/*.jpg and both name lists
+    (fg i uses list lines bg_per_fg*i ..). Sizes are (H, W). Returns ``root``."""
+    r = Path(root)
+    for d in ("fg", "alpha", "bg"):
+        (r / d).mkdir(parents=True, exist_ok=True)
+    fg_names = [f"fg_{i:03d}.png" for i in range(n_fg)]
+    bg_names = [f"bg_{j:03d}.jpg" for j in range(n_bg)]
+    for i, name in enumerate(fg_names):
+        fg, alpha = demo_foreground(np.random.default_rng([seed, 1, i]), *fg_hw)
+        write_png(r / "fg" / name, fg)
+        write_png(r / "alpha" / name, alpha)
+    for j, name in enumerate(bg_names):
+        bg = demo_background(np.random.default_rng([seed, 2, j]), *bg_hw)
+        _, buf = cv2.imencode(".jpg", cv2.cvtColor(bg, cv2.COLOR_RGB2BGR))
+        buf.tofile(r / "bg" / name)
+    listed = [bg_names[(i * bg_per_fg + k) % n_bg] for i in range(n_fg) for k in range(bg_per_fg)]
+    (r / "training_fg_names.txt").write_text("".join(n + "\n" for n in fg_names))
+    (r / "training_bg_names.txt").write_text("".join(n + "\n" for n in listed))
+    return r
+
+
+# --- self-test -------------------------------------------------------------------------------
+def check_sample(data: torch.Tensor, label: torch.Tensor, size: int) -> list[str]:
+    """Problems with one (data, label) pair: shapes, dtypes, ranges, the composite identity."""
+    problems = []
+    if tuple(data.shape) != (layout.DATA_CHANNELS, size, size):
+        problems.append(f"data shape {tuple(data.shape)}")
+    if tuple(label.shape) != (layout.LABEL_CHANNELS, size, size):
+        problems.append(f"label shape {tuple(label.shape)}")
+    if data.dtype != torch.float32 or label.dtype != torch.float32:
+        problems.append(f"dtypes {data.dtype}, {label.dtype}")
+    if problems:
+        return problems
+    if not (torch.isfinite(data).all() and torch.isfinite(label).all()):
+        problems.append("non-finite values")
+    a, fg, bg, merged = (
+        layout.alpha(label),
+        layout.fg(label),
+        layout.bg(label),
+        layout.merged(label),
+    )
+    err = (merged - (a * fg + (1 - a) * bg)).abs().max().item()
+    if err > 1e-3:
+        problems.append(f"composite identity off by {err:.2e}")
+    for name, x, lo, hi in (("alpha", a, 0, 1), ("fg", fg, 0, 255), ("bg", bg, 0, 255)):
+        if x.min() < lo or x.max() > hi:
+            problems.append(f"{name} outside [{lo}, {hi}]")
+    tri = layout.unscale_trimap(layout.trimap(data))
+    if not torch.isin(tri.round(), torch.tensor([0.0, 128.0, 255.0])).all():
+        problems.append("trimap values outside {0, 128, 255}")
+    if not torch.equal(layout.mask(label) > 0.5, layout.unknown_from_scaled(layout.trimap(data))):
+        problems.append("mask != (trimap == 128)")
+    img = layout.denormalize_image(layout.image(data)) * 255.0
+    if (img - merged).abs().max().item() > 1e-2:
+        problems.append("data image != merged")
+    return problems
+
+
+def sample_grid(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+    """uint8 RGB grid: one row per sample, columns image | trimap | alpha | fg | bg."""
+    rows = []
+    for data, label in samples:
+        img = (layout.denormalize_image(layout.image(data)).clamp(0, 1) * 255).numpy()
+        tri = layout.unscale_trimap(layout.trimap(data)).numpy()
+        alpha = layout.alpha(label).numpy() * 255
+        cols = [
+            img,
+            np.repeat(tri, 3, 0),
+            np.repeat(alpha, 3, 0),
+            layout.fg(label).numpy(),
+            layout.bg(label).numpy(),
+        ]
+        row = np.concatenate([c.transpose(1, 2, 0) for c in cols], axis=1)
+        rows.append(np.clip(np.rint(row), 0, 255).astype(np.uint8))
+    return np.concatenate(rows, axis=0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", help="Adobe-style data folder (default: the built-in synthetic set)")
+    p.add_argument("--fg-dir", action="append", help="foreground folder (repeatable)")
+    p.add_argument("--alpha-dir", action="append", help="alpha folder (one per --fg-dir)")
+    p.add_argument("--bg-dir", help="backgrounds folder (COCO train2014)")
+    p.add_argument("--fg-names", help="training_fg_names.txt")
+    p.add_argument("--bg-names", help="training_bg_names.txt")
+    p.add_argument("--n", type=int, default=32, help="samples to draw and check")
+    p.add_argument("--size", type=int, default=320, help="output size S")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="decode files for every sample")
+    p.add_argument("--cache-dir", help="decoded cache folder (default .cache/decoded)")
+    p.add_argument("--out", default="runs/adobe_data_selftest.png", help="PNG grid to write")
+    args = p.parse_args(argv)
+
+    tmp = None
+    root = args.root
+    if root is None and not args.fg_dir:
+        root = _synthetic_root()
+        if root is None:
+            tmp = tempfile.TemporaryDirectory(prefix="dim_demo_")
+            root = make_demo_folder(tmp.name)
+        print(f"data: built-in set at {root}")
+    try:
+        if root is not None:
+            lay = find_layout(root, args.bg_dir)
+            fg_dirs, alpha_dirs, bg_dir = lay.fg_dirs, lay.alpha_dirs, lay.bg_dir
+            fg_names, bg_names = args.fg_names or lay.fg_names, args.bg_names or lay.bg_names
+        else:
+            fg_dirs, alpha_dirs, bg_dir = args.fg_dir, args.alpha_dir, args.bg_dir
+            fg_names, bg_names = args.fg_names, args.bg_names
+        t0 = time.perf_counter()
+        sources = find_sources(fg_dirs, alpha_dirs, bg_dir, fg_names=fg_names, bg_names=bg_names)
+        ds = AdobeDataset(
+            sources,
+            output_size=args.size,
+            seed=args.seed,
+            cache=not args.no_cache,
+            cache_dir=Path(tmp.name) / "cache" if tmp and not args.cache_dir else args.cache_dir,
+        )
+        print(f"{ds}\nset up in {time.perf_counter() - t0:.1f} s")
+        idx = np.random.default_rng(args.seed).choice(
+            len(ds), size=args.n, replace=args.n > len(ds)
+        )
+        samples, failures = [], 0
+        t0 = time.perf_counter()
+        for i in idx:
+            samples.append(ds[int(i)])
+        dt = time.perf_counter() - t0
+        for i, (data, label) in zip(idx, samples, strict=True):
+            problems = check_sample(data, label, args.size)
+            if problems:
+                failures += 1
+                print(f"sample {i}: " + "; ".join(problems))
+        data = torch.stack([d for d, _ in samples])
+        label = torch.stack([lb for _, lb in samples])
+        print(f"data  {tuple(data.shape)} float32   label {tuple(label.shape)} float32")
+        for name, x in (
+            ("image (normalised)", layout.image(data)),
+            ("trimap (scaled)", layout.trimap(data)),
+            ("bg", layout.bg(label)),
+            ("fg", layout.fg(label)),
+            ("merged", layout.merged(label)),
+            ("alpha", layout.alpha(label)),
+            ("mask", layout.mask(label)),
+        ):
+            print(f"  {name:20s} min {x.min().item():8.3f}  max {x.max().item():8.3f}")
+        print(f"unknown fraction {layout.mask(label).mean().item():.3f}")
+        print(f"{args.n} samples in {dt:.2f} s: {args.n / dt:.1f} samples/s (one process)")
+        out = write_png(args.out, sample_grid(samples[:8]))
+        print(f"grid (image | trimap | alpha | fg | bg) written to {out}")
+        if failures:
+            print(f"FAILED: {failures} of {args.n} samples have problems")
+            return 1
+        print(f"OK: composite identity and ranges hold on all {args.n} samples")
+        return 0
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
