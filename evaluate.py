@@ -1,0 +1,542 @@
+"""Evaluate alpha mattes with the official metrics: a checkpoint, a classical method, or a folder
+of predictions made by any other program, on one test set, with one scoring code path.
+
+Examples (from the repository root)::
+
+    # a checkpoint (any stage) on the built-in synthetic test split
+    python evaluate.py --checkpoint runs/demo/stage1/best.pt
+    # Composition-1k (official composites and trimaps: merged/, alpha_copy/, trimaps/)
+    python evaluate.py --checkpoint runs/demo --testset /data/Composition-1k-testset
+    # alphamatting.com training images (input_*/, gt_*/, trimap_*/Trimap1|Trimap2/)
+    python evaluate.py --checkpoint runs/demo --testset ../shared/data/alphamatting_lowres_dev
+    # plain folders, matched by file stem
+    python evaluate.py --checkpoint runs/demo --images I/ --trimaps T/ --alphas A/
+    # another method's predictions (PNG alphas named like the test images)
+    python evaluate.py --pred-dir other_method/ --testset /data/Composition-1k-testset
+    # classical baselines
+    python evaluate.py --method closed-form --limit 10
+    python evaluate.py --method trimap-only
+
+Outputs in ``--out`` (default ``runs/eval/<method>-<test set>``): ``alpha/NAME.png`` (the
+predicted alphas), ``per_image.csv`` (name, sad, mse, grad, conn), ``summary.json`` and
+``summary.md`` (means, with units); the table is printed too.
+
+Protocol: predictions are scored as 8-bit PNGs exactly as saved (so ``--pred-dir`` on this
+program's own output reproduces its numbers); only trimap == 128 pixels count; SAD, Grad and
+Conn are divided by 1000 (see ``utils.metrics.UNITS``).
+
+Library use (the trainer's validation): :func:`evaluate_model` takes a model and an iterable of
+``MattingExample`` and returns ``(rows, summary)``; it does no printing and no argument parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # repo root
+
+import numpy as np
+
+from utils import metrics
+from utils.image_io import ImageReadError, read_alpha, write_png
+from utils.inference import DEFAULT_MAX_SIDE
+
+log = logging.getLogger("evaluate")
+
+METRICS = ("sad", "mse", "grad", "conn")
+HEADERS = {"sad": "SAD", "mse": "MSE", "grad": "Grad", "conn": "Conn"}
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+METHODS = ("dim", "closed-form", "trimap-only")
+
+Predictor = Callable[[Any], np.ndarray]  # MattingExample -> alpha float32 (H, W) in [0, 1]
+
+
+class EvaluationError(ValueError):
+    """A test set, prediction folder or option cannot be used: the message says what to do."""
+
+
+# --- predictors ------------------------------------------------------------------------------
+def trimap_only(example) -> np.ndarray:
+    """Cheapest baseline: 0 / 1 where the trimap is known, 0.5 in the unknown region."""
+    t = np.asarray(example.trimap)
+    alpha = np.where(t == 255, 1.0, 0.0).astype(np.float32)
+    alpha[t == 128] = 0.5
+    return alpha
+
+
+def closed_form(example) -> np.ndarray:
+    """Closed-form matting (Levin et al. 2008) via pymatting's ``estimate_alpha_cf``.
+
+    pymatting compiles its kernels with numba on first use (~45 s on a 2-core CPU, cached
+    afterwards), so it is imported here, only when this baseline runs.
+    """
+    from pymatting import estimate_alpha_cf
+
+    image = np.asarray(example.image, np.float64) / 255.0
+    trimap = np.asarray(example.trimap, np.float64) / 255.0
+    alpha = estimate_alpha_cf(image, trimap)
+    return np.clip(alpha, 0.0, 1.0).astype(np.float32)
+
+
+def model_predictor(model, **inference_kwargs) -> Predictor:
+    """Full-resolution inference of ``model`` (see :func:`utils.inference.predict_alpha`)."""
+    from utils.inference import predict_alpha
+
+    def predict(example) -> np.ndarray:
+        return predict_alpha(model, example.image, example.trimap, **inference_kwargs)
+
+    return predict
+
+
+def index_folder(folder: str | Path) -> dict[str, Path]:
+    """Image files of ``folder`` by stem (``GT01.png`` -> ``"GT01"``); a clear error if empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"prediction folder not found: {folder}")
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+            if p.stem in files:
+                raise EvaluationError(
+                    f"{folder}: two predictions for {p.stem}: {files[p.stem]}, {p}"
+                )
+            files[p.stem] = p
+    if not files:
+        raise EvaluationError(f"{folder} holds no images ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
+def folder_predictor(folder: str | Path) -> Predictor:
+    """Read another method's prediction ``folder/NAME.<ext>`` for each test image NAME."""
+    files = index_folder(folder)
+
+    def predict(example) -> np.ndarray:
+        path = files.get(example.name)
+        if path is None:
+            raise EvaluationError(
+                f"no prediction for test image {example.name!r} in {folder} (expected "
+                f"{example.name}.png; the folder has {len(files)} images, e.g. "
+                f"{', '.join(list(files)[:3])}): name predictions like the test images"
+            )
+        return read_alpha(path)
+
+    return predict
+
+
+# --- scoring ---------------------------------------------------------------------------------
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means of the metrics over ``rows``: {"n": int, "sad", "mse", "grad", "conn": float}."""
+    summary: dict[str, Any] = {"n": len(rows)}
+    for k in METRICS:
+        summary[k] = float(np.mean([r[k] for r in rows])) if rows else float("nan")
+    return summary
+
+
+def score(
+    examples: Iterable,
+    predict: Predictor,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    desc: str = "evaluate",
+    on_result: Callable[[int, Any, np.ndarray, dict], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Predict and score every example; the one code path of every method.
+
+    ``examples``: MattingExample(name, image uint8 (H, W, 3), trimap uint8 (H, W), alpha float32
+    (H, W) in [0, 1]). ``predict(example)`` -> alpha (H, W) in [0, 1]. The prediction is
+    rounded to 8 bits (as it is saved) before it is scored. With ``out_dir`` the 8-bit
+    alphas are written to ``out_dir/alpha/NAME.png``. ``on_result(i, example, alpha_u8, row)``
+    is called after each image (e.g. to post a visdom panel).
+
+    Returns ``(rows, summary)``: rows are {"name", "sad", "mse", "grad", "conn", "seconds"}
+    (seconds = prediction time), summary as :func:`summarize` plus "seconds_per_image".
+    """
+    from tqdm import tqdm
+
+    total = len(examples) if hasattr(examples, "__len__") else None
+    rows: list[dict[str, Any]] = []
+    seconds = 0.0
+    bar = tqdm(examples, total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    for i, ex in enumerate(bar):
+        if ex.alpha is None:
+            raise EvaluationError(
+                f"test image {ex.name!r} has no ground-truth alpha: evaluation needs one "
+                "(pass --alphas; for images without ground truth use predict.py)"
+            )
+        t0 = time.perf_counter()
+        pred = np.asarray(predict(ex))
+        dt = time.perf_counter() - t0
+        if pred.shape != ex.alpha.shape:
+            raise EvaluationError(
+                f"prediction for {ex.name!r} is {pred.shape[1]}x{pred.shape[0]} (WxH) but the "
+                f"test image is {ex.alpha.shape[1]}x{ex.alpha.shape[0]}: predict at full size"
+            )
+        pred_u8 = to_u8(pred)
+        row = {"name": ex.name, **metrics.compute_all(pred_u8, ex.alpha, ex.trimap), "seconds": dt}
+        rows.append(row)
+        seconds += dt
+        if out_dir is not None:
+            write_png(Path(out_dir) / "alpha" / f"{ex.name}.png", pred_u8)
+        if on_result is not None:
+            on_result(i, ex, pred_u8, row)
+        bar.set_postfix(sad=f"{np.mean([r['sad'] for r in rows]):.2f}")
+    summary = summarize(rows)
+    summary["seconds_per_image"] = seconds / len(rows) if rows else float("nan")
+    return rows, summary
+
+
+def to_u8(alpha: np.ndarray) -> np.ndarray:
+    """Alpha (float in [0, 1], or uint8) -> uint8 0-255 with rounding, as written to PNG."""
+    a = np.asarray(alpha)
+    if a.dtype == np.uint8:
+        return a
+    return np.round(np.clip(a.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def evaluate_model(
+    model,
+    examples: Iterable,
+    device=None,
+    amp: str | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Evaluate ``model`` on ``examples`` (MattingExample iterable) with the official metrics.
+
+    Full-resolution inference through :func:`utils.inference.predict_alpha` (``device``,
+    ``amp``, ``tile``, ``overlap``, ``max_side`` are passed on; the model's train/eval flags are
+    restored afterwards). Returns ``(rows, summary)`` as :func:`score`: summary["sad"] etc. are
+    means over the images, in the units of ``utils.metrics.UNITS``.
+    """
+    predict = model_predictor(
+        model, device=device, amp=amp, tile=tile, overlap=overlap, max_side=max_side
+    )
+    return score(examples, predict, out_dir=out_dir, progress=progress)
+
+
+# --- test sets -------------------------------------------------------------------------------
+def load_examples(
+    testset: str = "synthetic",
+    images: str | None = None,
+    trimaps: str | None = None,
+    alphas: str | None = None,
+    trimap_set: str = "Trimap1",
+    limit: int | None = None,
+    scale: float = 1.0,
+):
+    """The examples to evaluate (a lazy ``data.testsets.ExampleSet``) and a short set name.
+
+    ``images``/``trimaps``/``alphas`` (plain folders matched by stem) win over ``testset``,
+    which is "synthetic" (the built-in test split), "synthetic-val", or a folder in the
+    Composition-1k, alphamatting.com or images/trimaps/alphas layout (recognised by
+    ``data.testsets.open_testset``; ``trimap_set`` picks alphamatting.com's Trimap1/2).
+    ``limit`` keeps the first N images; ``scale`` != 1 resizes them (see :class:`Rescaled`).
+    """
+    from data import testsets
+
+    if images or trimaps or alphas:
+        if not (images and trimaps and alphas):
+            raise EvaluationError("--images, --trimaps and --alphas go together: pass all three")
+        examples = testsets.load_folders(images, trimaps, alphas)
+        name = Path(images).resolve().name or "folders"
+    else:
+        examples = testsets.open_testset(testset, trimap=trimap_set)
+        if str(testset).startswith("synthetic"):
+            name = "synthetic-val" if testset == "synthetic-val" else "synthetic-test"
+        else:
+            name = Path(testset).resolve().name
+            if examples.kind == "alphamatting":
+                name += f"-{trimap_set}"
+    if limit:
+        examples = examples[:limit]  # lazy: nothing is read until iterated
+    if scale != 1.0:
+        examples = Rescaled(examples, scale)
+        name += f"-x{scale:g}"
+    if len(examples) == 0:
+        raise EvaluationError(f"test set {name} is empty")
+    if not examples.has_alpha:
+        raise EvaluationError(
+            f"test set {name} has no ground-truth alphas: evaluation needs them "
+            "(for images without ground truth use predict.py)"
+        )
+    return examples, name
+
+
+class Rescaled(Sequence):
+    """A lazy view of a test set with every example resized by ``scale`` (quick CPU looks).
+
+    Image and alpha are resized with area averaging (cubic when enlarging), the trimap with
+    nearest neighbour so it stays 0/128/255. Not the official protocol: numbers on rescaled
+    images are not comparable with published ones.
+    """
+
+    def __init__(self, examples: Sequence, scale: float):
+        if not 0 < scale <= 4:
+            raise EvaluationError(f"--scale must be in (0, 4], got {scale}")
+        self.examples, self.scale = examples, scale
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Rescaled(self.examples[i], self.scale)
+        return self.rescale(self.examples[i])
+
+    def rescale(self, ex):
+        import cv2
+
+        h, w = ex.trimap.shape
+        size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+        smooth = cv2.INTER_AREA if self.scale < 1 else cv2.INTER_CUBIC
+        alpha = None
+        if ex.alpha is not None:
+            alpha = np.clip(cv2.resize(ex.alpha, size, interpolation=smooth), 0.0, 1.0)
+        return type(ex)(
+            ex.name,
+            cv2.resize(ex.image, size, interpolation=smooth),
+            cv2.resize(ex.trimap, size, interpolation=cv2.INTER_NEAREST),
+            alpha,
+        )
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.examples.has_alpha
+
+
+# --- reports ---------------------------------------------------------------------------------
+def format_table(results: list[tuple[str, dict[str, Any]]], testset: str) -> str:
+    """Markdown table of summaries [(label, summary)] with the units under it."""
+    lines = [
+        f"| method | test set | images | {' | '.join(HEADERS[k] for k in METRICS)} |",
+        "|---|---|---:|" + "---:|" * len(METRICS),
+    ]
+    for label, s in results:
+        vals = " | ".join(f"{s[k]:.4f}" if k == "mse" else f"{s[k]:.2f}" for k in METRICS)
+        lines.append(f"| {label} | {testset} | {s['n']} | {vals} |")
+    lines.append("")
+    lines.append(f"Means over the images. {metrics.UNITS}.")
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: str | Path, rows: list[dict[str, Any]], summary: dict[str, Any], meta: dict[str, Any]
+) -> str:
+    """Write per_image.csv, summary.json and summary.md in ``out_dir``; return the table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "per_image.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", *METRICS])
+        for r in rows:
+            w.writerow([r["name"], *(f"{r[k]:.6g}" for k in METRICS)])
+    record = {**meta, **summary, "units": metrics.UNITS}
+    (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    table = format_table([(meta["method_label"], summary)], meta["testset"])
+    (out / "summary.md").write_text(table + "\n", encoding="utf-8")
+    return table
+
+
+class VisdomPanels:
+    """Post the first ``count`` results as matting panels (visdom when reachable, else files)."""
+
+    def __init__(self, out_dir: Path, env: str, server: str, port: int, count: int = 4):
+        from utils.visualization import Visualizer
+
+        self.vis = Visualizer(out_dir / "visdom", env=env, server=server, port=port)
+        self.count = count
+
+    def __call__(self, i: int, example, alpha_u8: np.ndarray, row: dict) -> None:
+        if i >= self.count:
+            return
+        from data import layout
+
+        data = layout.make_data(example.image, example.trimap)
+        zeros = np.zeros_like(example.image)
+        label = layout.make_label(zeros, zeros, example.image, example.alpha, example.trimap)
+        pred = (alpha_u8.astype(np.float32) / 255.0)[None, None]
+        self.vis.matting_panel(i, f"eval {example.name}", data[None], label[None], pred, force=True)
+
+    def close(self, table: str) -> None:
+        self.vis.text("evaluation", table)
+        self.vis.close()
+
+
+# --- CLI -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Score alpha mattes with the official SAD/MSE/Grad/Conn (Composition-1k "
+        "convention) for a checkpoint, a classical method or a folder of predictions.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    what = p.add_argument_group("what to evaluate (one of)")
+    what.add_argument(
+        "--checkpoint",
+        help="a .pt file, or a run folder (runs/<name>: its highest stage's best.pt)",
+    )
+    what.add_argument("--method", choices=METHODS, default="dim", help="dim = the checkpoint")
+    what.add_argument("--pred-dir", help="score another method's alphas: DIR/NAME.png per image")
+    data = p.add_argument_group("test set")
+    data.add_argument(
+        "--testset",
+        default="synthetic",
+        help="synthetic | synthetic-val | a Composition-1k or alphamatting.com folder",
+    )
+    data.add_argument("--trimap-set", default="Trimap1", help="alphamatting.com trimap folder")
+    data.add_argument("--images", help="plain folder of images (with --trimaps and --alphas)")
+    data.add_argument("--trimaps", help="plain folder of trimaps, 0/128/255, same stems")
+    data.add_argument("--alphas", help="plain folder of ground-truth alphas, same stems")
+    data.add_argument("--limit", type=int, help="only the first N images")
+    data.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="resize test images by this factor first (quick CPU looks; NOT the official "
+        "protocol, numbers are not comparable)",
+    )
+    run = p.add_argument_group("inference")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
+    run.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="CUDA only")
+    run.add_argument(
+        "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
+    )
+    run.add_argument(
+        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
+    )
+    run.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help="tile images whose long side exceeds this (bounded memory); 0 = never",
+    )
+    outp = p.add_argument_group("output")
+    outp.add_argument("--out", help="output folder (default runs/eval/<method>-<test set>)")
+    outp.add_argument("--no-save", action="store_true", help="do not write the alpha PNGs")
+    outp.add_argument("--quiet", action="store_true", help="no progress bar")
+    outp.add_argument("--visdom", action="store_true", help="post panels of the first results")
+    outp.add_argument("--visdom-server", default="http://localhost")
+    outp.add_argument("--visdom-port", type=int, default=8097)
+    outp.add_argument("--visdom-images", type=int, default=4)
+    return p
+
+
+def _method_label(args, state: dict | None, ckpt: Path | None) -> tuple[str, str]:
+    """(human label for tables, short tag for folder names)."""
+    if args.pred_dir:
+        name = Path(args.pred_dir).resolve().name
+        return f"predictions {name}", f"pred-{name}"
+    if args.method != "dim":
+        return args.method, args.method
+    run = ckpt.parent.parent.name if ckpt.parent.name.startswith("stage") else ckpt.parent.name
+    stage = state.get("stage") if state else None
+    label = f"DIM {run} stage {stage} ({ckpt.name})" if stage else f"DIM {ckpt}"
+    return label, f"{run}-stage{stage}-{ckpt.stem}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from data.sources import DataSourceError
+    from utils.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except (CheckpointError, EvaluationError, ImageReadError, DataSourceError) as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from utils.inference import check_amp, load_model_for_inference, pick_device
+
+    if args.pred_dir and (args.checkpoint or args.method != "dim"):
+        raise EvaluationError("--pred-dir scores existing predictions: drop --checkpoint/--method")
+    if args.method != "dim" and args.checkpoint:
+        raise EvaluationError(f"--method {args.method} needs no --checkpoint: drop one of them")
+    if args.limit is not None and args.limit <= 0:
+        raise EvaluationError(f"--limit must be positive, got {args.limit}")
+
+    examples, testset = load_examples(
+        args.testset,
+        args.images,
+        args.trimaps,
+        args.alphas,
+        args.trimap_set,
+        args.limit,
+        args.scale,
+    )
+
+    state, ckpt = None, None
+    meta: dict[str, Any] = {"method": "predictions" if args.pred_dir else args.method}
+    if args.pred_dir:
+        predict = folder_predictor(args.pred_dir)
+        meta["pred_dir"] = str(args.pred_dir)
+    elif args.method == "closed-form":
+        predict = closed_form
+    elif args.method == "trimap-only":
+        predict = trimap_only
+    else:
+        try:
+            device = pick_device(args.device)
+            check_amp(args.amp, device)
+        except (ValueError, RuntimeError) as e:
+            raise EvaluationError(str(e)) from e
+        model, state, ckpt = load_model_for_inference(args.checkpoint, device)
+        max_side = args.max_side or None
+        predict = model_predictor(
+            model,
+            device=device,
+            amp=args.amp,
+            tile=args.tile,
+            overlap=args.overlap,
+            max_side=max_side,
+        )
+        meta.update(
+            checkpoint=str(ckpt),
+            stage=state.get("stage"),
+            model_config=state.get("model_config"),
+            device=str(device),
+            amp=args.amp,
+            tile=args.tile,
+            overlap=args.overlap,
+            max_side=max_side,
+        )
+        log.info("checkpoint %s (stage %s) on %s", ckpt, state.get("stage"), device)
+
+    meta["scale"] = args.scale
+    label, tag = _method_label(args, state, ckpt)
+    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{tag}-{testset}"
+    meta.update(method_label=label, testset=testset, out=str(out))
+    log.info("%s on %s: %d images -> %s", label, testset, len(examples), out)
+
+    panels = None
+    if args.visdom:
+        panels = VisdomPanels(
+            out, f"eval-{tag}-{testset}", args.visdom_server, args.visdom_port, args.visdom_images
+        )
+    save = None if (args.no_save or args.pred_dir) else out
+    rows, summary = score(
+        examples, predict, out_dir=save, progress=not args.quiet, desc=label, on_result=panels
+    )
+    table = write_report(out, rows, summary, meta)
+    if panels is not None:
+        panels.close(table)
+    print(table)
+    print(f"per-image results: {out / 'per_image.csv'}; summary: {out / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Matte your own images: image + trimap -> alpha, RGBA cut-out, optional new-background composite.
+
+Examples (from the repository root)::
+
+    python predict.py --checkpoint runs/demo --image photo.jpg --trimap photo_trimap.png
+    python predict.py --checkpoint runs/demo/stage3/best.pt --image photos/ --trimap trimaps/ \\
+        --out matted/ --background beach.jpg
+
+``--image`` and ``--trimap`` are files or folders (matched by file stem: ``photos/cat.jpg`` goes
+with ``trimaps/cat.png``). For each image NAME, ``--out`` (default ``out/``) receives:
+
+    NAME_alpha.png      the alpha matte, 8-bit grey
+    NAME_rgba.png       RGBA cut-out: foreground colours estimated by pymatting's multilevel
+                        method (``--fg-method ml``; ``none`` keeps the image's colours, faster)
+    NAME_composite.png  with ``--background IMG``: the cut-out over IMG, which is scaled to cover
+                        the image and centre-cropped
+
+Trimaps are 8-bit grey (or RGB with equal channels) with exactly 0 = background, 128 = unknown,
+255 = foreground. JPEG-compressed or anti-aliased trimaps have other values near edges and
+are refused with an explanation; ``--snap-trimap`` maps them to the nearest of 0/128/255.
+``--checkpoint`` takes a .pt file or a run folder (its highest stage's best.pt); without it the
+only run under runs/ is used. Large images are tiled (``--max-side``, default 1600 px), which
+gives the same alpha as whole-image inference with bounded memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # repo root
+
+import cv2
+import numpy as np
+
+from utils.image_io import ImageReadError, read_gray, read_rgb, write_png
+from utils.inference import DEFAULT_MAX_SIDE
+
+log = logging.getLogger("predict")
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+TRIMAP_VALUES = (0, 128, 255)
+
+
+class InputError(ValueError):
+    """An input file or folder cannot be used: the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to matte: output stem, image file, trimap file."""
+
+    name: str
+    image: Path
+    trimap: Path
+
+
+# --- inputs ----------------------------------------------------------------------------------
+def _images_in(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+            if p.stem in files:
+                raise InputError(
+                    f"{folder}: two files with the stem {p.stem!r}: {files[p.stem]}, {p}"
+                )
+            files[p.stem] = p
+    return files
+
+
+def pair_inputs(image: str | Path, trimap: str | Path) -> list[Job]:
+    """Match images with trimaps: file + file, file + folder (by stem) or folder + folder."""
+    image, trimap = Path(image), Path(trimap)
+    for what, p in (("--image", image), ("--trimap", trimap)):
+        if not p.exists():
+            raise InputError(f"{what} {p} does not exist")
+    if image.is_file():
+        if trimap.is_file():
+            return [Job(image.stem, image, trimap)]
+        tri = _images_in(trimap).get(image.stem)
+        if tri is None:
+            raise InputError(f"no trimap named {image.stem}.* in {trimap} for {image}")
+        return [Job(image.stem, image, tri)]
+    if trimap.is_file():
+        raise InputError(
+            f"--image {image} is a folder but --trimap {trimap} is one file: pass a folder of "
+            "trimaps named like the images"
+        )
+    images, trimaps = _images_in(image), _images_in(trimap)
+    if not images:
+        raise InputError(f"{image} holds no images ({', '.join(IMAGE_EXTS)})")
+    missing = [n for n in images if n not in trimaps]
+    if missing:
+        raise InputError(
+            f"{len(missing)} image(s) in {image} have no trimap with the same stem in {trimap}: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+    return [Job(n, p, trimaps[n]) for n, p in images.items()]
+
+
+def snap_trimap(trimap: np.ndarray) -> np.ndarray:
+    """Map every value to the nearest of 0 / 128 / 255 (< 64 -> 0, > 191 -> 255, else 128)."""
+    t = np.asarray(trimap)
+    out = np.full(t.shape, 128, np.uint8)
+    out[t < 64] = 0
+    out[t > 191] = 255
+    return out
+
+
+def check_trimap(trimap: np.ndarray, path: str | Path) -> None:
+    """Raise :class:`InputError` explaining a trimap that is not purely 0/128/255."""
+    values, counts = np.unique(trimap, return_counts=True)
+    bad = ~np.isin(values, TRIMAP_VALUES)
+    if not bad.any():
+        return
+    frac = counts[bad].sum() / trimap.size
+    shown = ", ".join(str(int(v)) for v in values[:12]) + (" ..." if len(values) > 12 else "")
+    if set(values.tolist()) <= {0, 1}:
+        why = "It looks like a 0/1 mask, not a trimap: mark the unknown band with 128."
+    elif set(values.tolist()) <= {0, 1, 2}:
+        why = "It looks like a 0/1/2 label map: map 0 -> 0, 1 -> 128, 2 -> 255."
+    elif Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        why = "It is a JPEG: compression changes values near edges; save trimaps as PNG."
+    else:
+        why = (
+            "It looks anti-aliased, blurred or resized with interpolation (resize trimaps "
+            "with nearest-neighbour) or saved lossily."
+        )
+    raise InputError(
+        f"{path}: a trimap must hold only 0 (background), 128 (unknown) and 255 (foreground); "
+        f"read as 8-bit grey it has {len(values)} distinct values ({shown}) and "
+        f"{100 * frac:.1f}% of its pixels are none of the three. {why} "
+        "Fix the file, or pass --snap-trimap to map each value to the nearest of 0/128/255."
+    )
+
+
+def read_inputs(job: Job, snap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check one pair: (RGB uint8 (H, W, 3), trimap uint8 (H, W) in {0, 128, 255})."""
+    image = read_rgb(job.image)
+    trimap = read_gray(job.trimap)
+    if image.shape[:2] != trimap.shape:
+        raise InputError(
+            f"image {job.image} is {image.shape[1]}x{image.shape[0]} (WxH) but trimap "
+            f"{job.trimap} is {trimap.shape[1]}x{trimap.shape[0]}: they must be the same size "
+            "(resize the trimap with nearest-neighbour interpolation)"
+        )
+    if snap:
+        trimap = snap_trimap(trimap)
+    else:
+        check_trimap(trimap, job.trimap)
+    if not (trimap == 128).any():
+        log.warning("%s has no unknown (128) pixels: the alpha is the trimap itself", job.trimap)
+    return image, trimap
+
+
+# --- outputs ---------------------------------------------------------------------------------
+def estimate_foreground(image_u8: np.ndarray, alpha: np.ndarray, method: str = "ml") -> np.ndarray:
+    """Foreground colours F (H, W, 3) float32 in [0, 1] such that image ~ alpha*F + (1-alpha)*B.
+
+    "ml": pymatting's multilevel foreground estimation (imported here: numba compiles it on
+    first use); "none": the image's own colours (background colour bleeds into soft edges).
+    """
+    image = image_u8.astype(np.float64) / 255.0
+    if method == "none":
+        return image.astype(np.float32)
+    if method != "ml":
+        raise ValueError(f"fg method must be 'ml' or 'none', got {method!r}")
+    from pymatting import estimate_foreground_ml
+
+    fg = estimate_foreground_ml(image, alpha.astype(np.float64))
+    return np.clip(fg, 0.0, 1.0).astype(np.float32)
+
+
+def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale ``background`` (H', W', 3) to cover (height, width), then centre-crop it."""
+    bh, bw = background.shape[:2]
+    scale = max(height / bh, width / bw)
+    nh, nw = max(height, round(bh * scale)), max(width, round(bw * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(background, (nw, nh), interpolation=interp)
+    y0, x0 = (nh - height) // 2, (nw - width) // 2
+    return np.ascontiguousarray(resized[y0 : y0 + height, x0 : x0 + width])
+
+
+def cutout(fg01: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGBA uint8 (H, W, 4): colours ``fg01`` (H, W, 3) in [0, 1], alpha (H, W) in [0, 1]."""
+    rgba = np.concatenate([fg01, alpha[..., None]], axis=2)
+    return np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def composite(fg01: np.ndarray, alpha: np.ndarray, background_u8: np.ndarray) -> np.ndarray:
+    """alpha*F + (1-alpha)*B as RGB uint8; F in [0, 1], B uint8 of the same size."""
+    a = alpha[..., None].astype(np.float32)
+    out = a * fg01 + (1.0 - a) * (background_u8.astype(np.float32) / 255.0)
+    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def matte(
+    model,
+    image: np.ndarray,
+    trimap: np.ndarray,
+    fg_method: str = "ml",
+    background: np.ndarray | None = None,
+    **inference_kwargs,
+) -> dict[str, np.ndarray]:
+    """Run the whole pipeline on arrays: {"alpha": uint8 (H, W), "rgba": (H, W, 4),
+    "composite": (H, W, 3) when ``background`` is given}. ``inference_kwargs`` go to
+    :func:`utils.inference.predict_alpha` (device, amp, tile, overlap, max_side)."""
+    from utils.inference import predict_alpha
+
+    alpha = predict_alpha(model, image, trimap, **inference_kwargs)
+    alpha = np.round(alpha * 255.0).astype(np.uint8).astype(np.float32) / 255.0  # as saved
+    fg = estimate_foreground(image, alpha, fg_method)
+    out = {"alpha": np.round(alpha * 255.0).astype(np.uint8), "rgba": cutout(fg, alpha)}
+    if background is not None:
+        out["composite"] = composite(fg, alpha, fit_background(background, *alpha.shape))
+    return out
+
+
+# --- CLI -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Matte images with a trained Deep Image Matting checkpoint: alpha PNG, "
+        "RGBA cut-out and an optional composite on a new background.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="a .pt file or a run folder (runs/<name>: highest stage's best.pt); "
+        "default: the only run under runs/",
+    )
+    p.add_argument(
+        "--stage", type=int, choices=(1, 2, 3), help="refuse a checkpoint of another stage"
+    )
+    p.add_argument("--image", required=True, help="an image file or a folder of images")
+    p.add_argument("--trimap", required=True, help="a trimap file or a folder (same stems)")
+    p.add_argument("--out", default="out", help="output folder")
+    p.add_argument("--background", help="composite the cut-out on this image")
+    p.add_argument("--fg-method", choices=("ml", "none"), default="ml", help="foreground colours")
+    p.add_argument("--snap-trimap", action="store_true", help="map trimap values to 0/128/255")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="CUDA only")
+    p.add_argument(
+        "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
+    )
+    p.add_argument(
+        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help="tile images whose long side exceeds this (bounded memory); 0 = never",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from utils.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except (CheckpointError, InputError, ImageReadError) as e:
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from tqdm import tqdm
+
+    from utils.inference import check_amp, load_model_for_inference, pick_device
+
+    jobs = pair_inputs(args.image, args.trimap)
+    background = read_rgb(args.background) if args.background else None
+    try:
+        device = pick_device(args.device)
+        check_amp(args.amp, device)
+    except (ValueError, RuntimeError) as e:
+        raise InputError(str(e)) from e
+    model, state, ckpt = load_model_for_inference(args.checkpoint, device, stage=args.stage)
+    log.info("checkpoint %s (stage %s) on %s", ckpt, state.get("stage"), device)
+    out = Path(args.out)
+    kwargs = dict(
+        device=device,
+        amp=args.amp,
+        tile=args.tile,
+        overlap=args.overlap,
+        max_side=args.max_side or None,
+    )
+    for job in tqdm(jobs, desc="matting", unit="img", disable=len(jobs) == 1):
+        image, trimap = read_inputs(job, snap=args.snap_trimap)
+        t0 = time.perf_counter()
+        result = matte(model, image, trimap, args.fg_method, background, **kwargs)
+        written = [write_png(out / f"{job.name}_{kind}.png", arr) for kind, arr in result.items()]
+        log.info(
+            "%s: %dx%d in %.1f s -> %s",
+            job.name,
+            image.shape[1],
+            image.shape[0],
+            time.perf_counter() - t0,
+            ", ".join(str(p) for p in written),
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""utils/inference.py: padding, tiling, known pixels, eval mode, checkpoint resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from data import layout
+from models.py_encoder_decoder import DIM
+from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.inference import (
+    check_amp,
+    eval_mode,
+    exact_overlap,
+    load_model_for_inference,
+    plan_tiles,
+    predict_alpha,
+    resolve_checkpoint,
+    resolve_tile,
+)
+
+
+class PointwiseModel(nn.Module):
+    """raw alpha = the image's red channel, refined = its green channel (in [0, 1]).
+
+    A per-pixel function: whatever padding, cropping and tiling do, a correct implementation
+    returns exactly these channels at every pixel, so misaligned crops or tiles show up.
+    """
+
+    def __init__(self, refine: bool = True):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bn = nn.BatchNorm2d(1)
+        self.refine = refine
+        self.config: dict = {}
+        self.calls: list[tuple[int, int, bool]] = []
+
+    def forward(self, data):
+        h, w = data.shape[-2:]
+        assert h % 32 == 0 and w % 32 == 0, "the model must only see multiples of 32"
+        self.calls.append((h, w, self.training))
+        rgb = layout.denormalize_image(layout.image(data)).clamp(0, 1)
+        raw = rgb[:, 0:1] * self.scale
+        return raw, (rgb[:, 1:2] if self.refine else None)
+
+
+def random_inputs(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    trimap = rng.choice(np.array([0, 128, 255], np.uint8), size=(h, w), p=[0.2, 0.6, 0.2])
+    return image, trimap
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("h", "w", "tile", "overlap"), [(96, 160, 64, 32), (64, 64, 32, 0)])
+def test_plan_tiles_cores_partition_and_windows_align(h, w, tile, overlap):
+    cover = np.zeros((h, w), int)
+    for t in plan_tiles(h, w, tile, overlap):
+        cover[t.core] += 1
+        (cy, cx), (wy, wx) = t.core, t.window
+        assert wy.start % 32 == 0 and wx.start % 32 == 0  # the encoder's pooling grid
+        assert (wy.stop - wy.start) % 32 == 0 and (wx.stop - wx.start) % 32 == 0
+        assert wy.start == max(0, cy.start - overlap) and wy.stop == min(h, cy.stop + overlap)
+        assert wx.start == max(0, cx.start - overlap) and wx.stop == min(w, cx.stop + overlap)
+        iy, ix = t.inner
+        assert iy.stop - iy.start == cy.stop - cy.start and ix.start == cx.start - wx.start
+    assert (cover == 1).all()
+
+
+def test_plan_tiles_rejects_unaligned_sizes():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        plan_tiles(96, 96, 48, 32)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        plan_tiles(96, 96, 64, 16)
+
+
+def test_resolve_tile():
+    assert resolve_tile((600, 800), None, 224, None) is None
+    assert resolve_tile((600, 800), None, 224, 800) is None  # long side not above max_side
+    assert resolve_tile((600, 801), None, 224, 800) == 352  # window 352 + 2*224 = 800
+    assert resolve_tile((600, 801), None, 224, 300) == 32  # never below one pooling cell
+    assert resolve_tile((600, 800), 100, 224, None) == 128  # explicit tile, rounded up to 32
+
+
+def test_exact_overlap_per_architecture():
+    assert exact_overlap({"fc6": "transmap", "upsample": "unpool"}) == 224
+    assert exact_overlap({"fc6": "conv1x1", "upsample": "unpool"}) == 192
+    assert exact_overlap({"fc6": "transmap", "upsample": "bilinear"}) == 256
+    assert exact_overlap(DIM(refine=False).config) == 224
+
+
+def test_amp_is_rejected_on_cpu():
+    assert check_amp(None, torch.device("cpu")) is None
+    assert check_amp("off", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        check_amp("bf16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="expected one of"):
+        check_amp("int8", torch.device("cuda"))
+    image, trimap = random_inputs(32, 32)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        predict_alpha(PointwiseModel(), image, trimap, device="cpu", amp="fp16")
+
+
+# --- padding, cropping, known pixels ---------------------------------------------------------
+@pytest.mark.parametrize(("h", "w"), [(37, 53), (1, 70), (64, 96), (65, 33)])
+@pytest.mark.parametrize("tile", [None, 32])
+def test_pad_crop_roundtrip_odd_sizes(h, w, tile):
+    image, trimap = random_inputs(h, w)
+    model = PointwiseModel()
+    alpha = predict_alpha(model, image, trimap, tile=tile, overlap=32)
+    assert alpha.shape == (h, w) and alpha.dtype == np.float32
+    unknown = trimap == 128
+    # the refined output (green channel) lands on the very pixel it came from
+    np.testing.assert_allclose(alpha[unknown], image[..., 1][unknown] / 255.0, atol=1e-5)
+    if tile is not None and max(h, w) > 64:
+        assert len(model.calls) > 1  # really tiled
+
+
+def test_max_side_tiles_automatically():
+    image, trimap = random_inputs(64, 704)
+    model = PointwiseModel()
+    whole = predict_alpha(model, image, trimap, max_side=704)  # long side not above: one pass
+    assert model.calls == [(64, 704, False)]
+    model.calls.clear()
+    tiled = predict_alpha(model, image, trimap, max_side=608, overlap=224)  # core 160
+    assert len(model.calls) == 5 and max(max(h, w) for h, w, _ in model.calls) <= 608
+    np.testing.assert_array_equal(tiled, whole)
+
+
+def test_raw_alpha_when_no_refine_head():
+    image, trimap = random_inputs(40, 40)
+    alpha = predict_alpha(PointwiseModel(refine=False), image, trimap)
+    unknown = trimap == 128
+    np.testing.assert_allclose(alpha[unknown], image[..., 0][unknown] / 255.0, atol=1e-5)
+
+
+def test_known_pixels_forced():
+    image, trimap = random_inputs(50, 70, seed=1)
+    alpha = predict_alpha(PointwiseModel(), image, trimap)
+    assert (alpha[trimap == 0] == 0.0).all()
+    assert (alpha[trimap == 255] == 1.0).all()
+    assert 0.0 <= alpha.min() and alpha.max() <= 1.0
+
+
+def test_eval_mode_during_inference_and_flags_restored():
+    model = PointwiseModel()
+    model.train()
+    model.bn.eval()  # a mixed state, like a frozen encoder in stage 2
+    image, trimap = random_inputs(32, 32)
+    predict_alpha(model, image, trimap)
+    assert model.calls[-1][2] is False  # ran in eval mode
+    assert model.training is True and model.bn.training is False  # each flag restored
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert model.training and not model.bn.training
+
+
+def test_bad_shapes_are_clear_errors():
+    image, trimap = random_inputs(32, 32)
+    with pytest.raises(ValueError, match="RGB"):
+        predict_alpha(PointwiseModel(), image[..., :2], trimap)
+    with pytest.raises(ValueError, match="sizes must match"):
+        predict_alpha(PointwiseModel(), image, trimap[:, :20])
+
+
+# --- tiling == whole-image inference, on the real network ------------------------------------
+@pytest.fixture(scope="module")
+def sharp_dim():
+    """Random-init DIM (eval mode: BN uses running stats) whose output spans (0, 1).
+
+    At random init the logits are ~1e-3 (alpha ~0.5 everywhere), which would hide any tiling
+    error; scaling the last layer's weights by 1000 makes a net with the same receptive field
+    whose alpha varies over the whole range, so differences are visible.
+    """
+    torch.manual_seed(0)
+    model = DIM(refine=True).eval()
+    with torch.no_grad():
+        model.decoder.pred.weight.mul_(1000.0)
+    rng = np.random.default_rng(0)
+    h, w = 64, 704
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    trimap = np.full((h, w), 128, np.uint8)
+    whole = predict_alpha(model, image, trimap)
+    assert whole.std() > 0.05, "test model too flat to show tiling errors"
+    return model, image, trimap, whole
+
+
+@pytest.mark.slow
+def test_tiling_with_exact_overlap_equals_whole_image(sharp_dim):
+    model, image, trimap, whole = sharp_dim
+    overlap = exact_overlap(model.config)
+    tiles = plan_tiles(64, 704, 352, overlap)
+    assert len(tiles) == 2 and all(t.window[1].stop - t.window[1].start < 704 for t in tiles)
+    tiled = predict_alpha(model, image, trimap, tile=352)  # default overlap = exact
+    # every pixel's whole receptive field lies inside its window: only float rounding differs
+    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_small_overlap_matches_beyond_the_receptive_field(sharp_dim):
+    """overlap=64: cores [0, 352) and [352, 704) see windows [0, 416) and [288, 704).
+
+    A pixel matches whole-image inference when its window holds its receptive field, i.e.
+    when it is >= 218 px (224 on the 32-px grid) from the window's inner edge: x < 192 and
+    x >= 512. In between, zero padding at the cut reaches it, and this net shows it.
+    """
+    model, image, trimap, whole = sharp_dim
+    tiled = predict_alpha(model, image, trimap, tile=352, overlap=64)
+    diff = np.abs(tiled - whole).max(axis=0)
+    assert diff[:192].max() < 1e-5
+    assert diff[512:].max() < 1e-5
+    assert diff[192:512].max() > 1e-3  # the seam region really differs: the check can fail
+    near_seam = diff[352 - 16 : 352 + 16].max()
+    assert near_seam >= diff[192:224].max()  # errors are largest at the seam
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """runs/demo with a stage-1 and a stage-2 checkpoint of a small-config DIM."""
+    root = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    for stage, refine in ((1, False), (2, True)):
+        model = DIM(fc6="conv1x1", refine=refine)
+        state = {"model": model.state_dict(), "model_config": model.config, "stage": stage}
+        save_checkpoint(root / "demo" / f"stage{stage}" / "best.pt", {**state, "config": {}})
+    return root
+
+
+def test_resolve_checkpoint(run_dir, tmp_path):
+    demo = run_dir / "demo"
+    assert resolve_checkpoint(demo) == demo / "stage2" / "best.pt"  # highest stage
+    assert resolve_checkpoint(demo / "stage1") == demo / "stage1" / "best.pt"
+    assert resolve_checkpoint(demo / "stage1" / "best.pt") == demo / "stage1" / "best.pt"
+    assert resolve_checkpoint(None, runs_dir=run_dir) == demo / "stage2" / "best.pt"
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="no run folders"):
+        resolve_checkpoint(None, runs_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="without a checkpoint"):
+        resolve_checkpoint(tmp_path)
+
+
+def test_load_model_for_inference(run_dir, tmp_path):
+    model, state, path = load_model_for_inference(run_dir / "demo" / "stage1", "cpu", stage=1)
+    assert path == run_dir / "demo" / "stage1" / "best.pt"
+    assert state["stage"] == 1 and model.refine_head is None and not model.training
+    with pytest.raises(CheckpointError, match="stage-2 checkpoint but stage 1"):
+        load_model_for_inference(run_dir / "demo", "cpu", stage=1)
+    foreign = tmp_path / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="not a Deep Image Matting checkpoint"):
+        load_model_for_inference(foreign, "cpu")
+    odd = tmp_path / "odd.pt"
+    torch.save({"model": {}, "model_config": {"layers": 50}}, odd)
+    with pytest.raises(CheckpointError, match="not a Deep Image Matting checkpoint"):
+        load_model_for_inference(odd, "cpu")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_model_for_inference(garbage, "cpu")

@@ -1,0 +1,198 @@
+"""predict.py: image + trimap -> alpha, RGBA cut-out, composite; folders; errors naming the file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import predict
+from data.testsets import open_testset
+from models.py_encoder_decoder import DIM
+from utils.checkpoint import save_checkpoint
+from utils.image_io import read_gray, read_rgb, write_png
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = DIM(fc6="conv1x1", refine=True)
+    path = tmp_path_factory.mktemp("run") / "demo" / "stage2" / "best.pt"
+    state = {"model": model.state_dict(), "model_config": model.config, "stage": 2}
+    return save_checkpoint(path, {**state, "config": {}})
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Two small composites of the synthetic test split with their trimaps, and a background."""
+    d = tmp_path_factory.mktemp("inputs")
+    for i, name in enumerate(("cat", "dog")):
+        ex = open_testset("synthetic")[i * 5]
+        image = cv2.resize(ex.image, (160, 120), interpolation=cv2.INTER_AREA)
+        trimap = cv2.resize(ex.trimap, (160, 120), interpolation=cv2.INTER_NEAREST)
+        write_png(d / "images" / f"{name}.png", image)
+        write_png(d / "trimaps" / f"{name}.png", trimap)
+    write_png(d / "trimaps" / "unused.png", trimap)  # extra trimaps are ignored
+    rng = np.random.default_rng(0)
+    write_png(d / "bg.png", rng.integers(0, 256, (50, 90, 3), dtype=np.uint8))
+    return {"dir": d, "image": d / "images" / "cat.png", "trimap": d / "trimaps" / "cat.png"}
+
+
+def read_rgba(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+
+
+# --- end to end ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_alpha_rgba_and_composite(checkpoint, inputs, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "predict.py", "--checkpoint", str(checkpoint), "--device", "cpu"]
+    cmd += ["--image", str(inputs["image"]), "--trimap", str(inputs["trimap"])]
+    cmd += ["--out", str(out), "--background", str(inputs["dir"] / "bg.png")]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cat_alpha.png",
+        "cat_composite.png",
+        "cat_rgba.png",
+    ]
+    image, trimap = read_rgb(inputs["image"]), read_gray(inputs["trimap"])
+    alpha = read_gray(out / "cat_alpha.png")
+    assert alpha.shape == trimap.shape
+    assert (alpha[trimap == 0] == 0).all() and (alpha[trimap == 255] == 255).all()
+
+    rgba = read_rgba(out / "cat_rgba.png")
+    assert rgba.shape == (*trimap.shape, 4)
+    np.testing.assert_array_equal(rgba[..., 3], alpha)
+    # estimated foreground colours: the image where the matte is opaque, new values elsewhere
+    opaque, soft = alpha == 255, (alpha > 10) & (alpha < 245)
+    assert np.abs(rgba[..., :3].astype(int) - image)[opaque].mean() < 2.0
+    assert soft.any() and (rgba[..., :3] != image)[soft].any()
+
+    comp = read_rgb(out / "cat_composite.png")
+    bg = predict.fit_background(read_rgb(inputs["dir"] / "bg.png"), *trimap.shape)
+    np.testing.assert_array_equal(comp[alpha == 0], bg[alpha == 0])
+    np.testing.assert_array_equal(comp[opaque], rgba[..., :3][opaque])
+
+
+def test_folders_in_folder_out(checkpoint, inputs, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(checkpoint.parents[1]), "--device", "cpu", "--fg-method", "none"]
+    argv += ["--image", str(inputs["dir"] / "images"), "--trimap", str(inputs["dir"] / "trimaps")]
+    assert predict.main([*argv, "--out", str(out), "--stage", "2"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["cat_alpha.png", "cat_rgba.png", "dog_alpha.png", "dog_rgba.png"]
+    # --fg-method none keeps the image's colours in the cut-out
+    rgba = read_rgba(out / "dog_rgba.png")
+    np.testing.assert_array_equal(rgba[..., :3], read_rgb(inputs["dir"] / "images" / "dog.png"))
+
+
+# --- errors ----------------------------------------------------------------------------------
+@pytest.fixture
+def run_error(checkpoint, inputs, tmp_path, capsys):
+    """Run predict.main expecting exit code 2; return the error message."""
+
+    def run(image=None, trimap=None, *extra: str, ckpt=None) -> str:
+        argv = ["--checkpoint", str(ckpt or checkpoint), "--device", "cpu", "--fg-method", "none"]
+        argv += [
+            "--image",
+            str(image or inputs["image"]),
+            "--trimap",
+            str(trimap or inputs["trimap"]),
+        ]
+        assert predict.main([*argv, "--out", str(tmp_path / "err_out"), *extra]) == 2
+        return capsys.readouterr().err
+
+    return run
+
+
+def test_error_size_mismatch(run_error, inputs, tmp_path):
+    trimap = tmp_path / "small.png"
+    write_png(trimap, read_gray(inputs["trimap"])[:100])
+    msg = run_error(None, trimap)
+    assert "160x120 (WxH)" in msg and "160x100" in msg and str(trimap) in msg
+
+
+def test_error_jpeg_trimap_then_snap(run_error, checkpoint, inputs, tmp_path):
+    jpg = tmp_path / "cat.jpg"
+    cv2.imwrite(str(jpg), read_gray(inputs["trimap"]), [cv2.IMWRITE_JPEG_QUALITY, 75])
+    msg = run_error(None, jpg)
+    assert str(jpg) in msg and "distinct values" in msg and "JPEG" in msg
+    assert "--snap-trimap" in msg
+    argv = ["--checkpoint", str(checkpoint), "--device", "cpu", "--fg-method", "none"]
+    argv += ["--image", str(inputs["image"]), "--trimap", str(jpg), "--snap-trimap"]
+    assert predict.main([*argv, "--out", str(tmp_path / "snapped")]) == 0
+
+
+def test_error_antialiased_trimap(run_error, inputs, tmp_path):
+    blurred = tmp_path / "blurred.png"
+    write_png(blurred, cv2.GaussianBlur(read_gray(inputs["trimap"]), (5, 5), 0))
+    msg = run_error(None, blurred)
+    assert "anti-aliased" in msg and "nearest-neighbour" in msg and str(blurred) in msg
+
+
+def test_error_unreadable_file(run_error, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    msg = run_error(broken, None)
+    assert str(broken) in msg
+
+
+def test_error_checkpoints(run_error, tmp_path):
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, foreign)
+    assert "not a Deep Image Matting checkpoint" in run_error(None, None, ckpt=foreign)
+    msg = run_error(None, None, "--stage", "3")
+    assert "stage-2 checkpoint but stage 3" in msg
+
+
+def test_error_unmatched_folders(run_error, inputs, tmp_path):
+    (tmp_path / "imgs").mkdir()
+    write_png(tmp_path / "imgs" / "cow.png", read_rgb(inputs["image"]))
+    msg = run_error(tmp_path / "imgs", inputs["dir"] / "trimaps")
+    assert "no trimap with the same stem" in msg and "cow" in msg
+    assert "one file" in run_error(tmp_path / "imgs", inputs["trimap"])
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def test_check_and_snap_trimap():
+    t = np.array([[0, 3, 60, 64], [127, 128, 190, 192], [250, 255, 255, 0]], np.uint8)
+    np.testing.assert_array_equal(
+        predict.snap_trimap(t), [[0, 0, 0, 128], [128, 128, 128, 255], [255, 255, 255, 0]]
+    )
+    predict.check_trimap(predict.snap_trimap(t), "ok.png")
+    with pytest.raises(predict.InputError, match="0/1 mask"):
+        predict.check_trimap(np.array([[0, 1]], np.uint8), "mask.png")
+    with pytest.raises(predict.InputError, match="0/1/2 label map"):
+        predict.check_trimap(np.array([[0, 1, 2]], np.uint8), "labels.png")
+
+
+def test_fit_background_covers_and_centres():
+    bg = np.zeros((50, 100, 3), np.uint8)
+    bg[:, 45:55] = 255  # a bright stripe in the middle stays in the middle
+    out = predict.fit_background(bg, 120, 160)
+    assert out.shape == (120, 160, 3)
+    cols = np.flatnonzero(out[60, :, 0] > 128)
+    assert abs((cols.min() + cols.max()) / 2 - 79.5) <= 2
+    assert predict.fit_background(np.zeros((400, 300, 3), np.uint8), 120, 160).shape == (
+        120,
+        160,
+        3,
+    )
+
+
+def test_composite_math():
+    fg = np.full((2, 2, 3), 1.0, np.float32)
+    bg = np.zeros((2, 2, 3), np.uint8)
+    alpha = np.array([[0, 0.5], [1, 0.25]], np.float32)
+    out = predict.composite(fg, alpha, bg)
+    np.testing.assert_array_equal(out[..., 0], [[0, 128], [255, 64]])
