@@ -212,6 +212,7 @@ def evaluate_model(
     max_side: int | None = DEFAULT_MAX_SIDE,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    on_result: Callable[[int, Any, np.ndarray, dict], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate ``model`` on ``examples`` (MattingExample iterable) with the official metrics.
 
@@ -223,7 +224,7 @@ def evaluate_model(
     predict = model_predictor(
         model, device=device, amp=amp, tile=tile, overlap=overlap, max_side=max_side
     )
-    return score(examples, predict, out_dir=out_dir, progress=progress)
+    return score(examples, predict, out_dir=out_dir, progress=progress, on_result=on_result)
 
 
 # --- test sets -------------------------------------------------------------------------------
@@ -349,6 +350,20 @@ def write_report(
     return table
 
 
+def post_example_panel(vis, step: int, tag: str, example, alpha_u8: np.ndarray) -> None:
+    """Show one scored test image (MattingExample + predicted 8-bit alpha) as a matting panel.
+
+    Test sets carry no fg/bg, so the panel's re-composite uses the image itself.
+    """
+    from data import layout
+
+    data = layout.make_data(example.image, example.trimap)
+    zeros = np.zeros_like(example.image)
+    label = layout.make_label(zeros, zeros, example.image, example.alpha, example.trimap)
+    pred = (alpha_u8.astype(np.float32) / 255.0)[None, None]
+    vis.matting_panel(step, tag, data[None], label[None], pred, force=True)
+
+
 class VisdomPanels:
     """Post the first ``count`` results as matting panels (visdom when reachable, else files)."""
 
@@ -359,15 +374,8 @@ class VisdomPanels:
         self.count = count
 
     def __call__(self, i: int, example, alpha_u8: np.ndarray, row: dict) -> None:
-        if i >= self.count:
-            return
-        from data import layout
-
-        data = layout.make_data(example.image, example.trimap)
-        zeros = np.zeros_like(example.image)
-        label = layout.make_label(zeros, zeros, example.image, example.alpha, example.trimap)
-        pred = (alpha_u8.astype(np.float32) / 255.0)[None, None]
-        self.vis.matting_panel(i, f"eval {example.name}", data[None], label[None], pred, force=True)
+        if i < self.count:
+            post_example_panel(self.vis, i, f"eval {example.name}", example, alpha_u8)
 
     def close(self, table: str) -> None:
         self.vis.text("evaluation", table)

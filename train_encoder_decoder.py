@@ -457,6 +457,7 @@ class Trainer:
                 server=self.cfg["visdom_server"],
                 port=self.cfg["visdom_port"],
                 enabled=not self.cfg["no_visdom"],
+                panel_every=self.cfg["panel_every"],
             )
             self.viz.text("config", json.dumps(self.cfg, indent=1, sort_keys=True))
 
@@ -594,7 +595,7 @@ class Trainer:
                     self.viz.scalars(self.iteration, losses, "loss")
                     self.viz.scalars(self.iteration, {"lr": lr}, "lr")
                     self.viz.scalars(self.iteration, {"samples_per_s": rate}, "speed")
-                if self.iteration % cfg["panel_every"] == 0:
+                if self.viz.panel_due(self.iteration, "train"):
                     self.viz.matting_panel(
                         self.iteration,
                         "train",
@@ -617,7 +618,11 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict:
         """Official metrics on the fixed validation set, full-image inference (rank 0 only)."""
-        from evaluate import evaluate_model
+        from evaluate import evaluate_model, post_example_panel
+
+        def panel(i, example, alpha_u8, row):
+            if self.viz is not None and i < 2:
+                post_example_panel(self.viz, self.iteration, f"val {i}", example, alpha_u8)
 
         self.model.eval()
         _, summary = evaluate_model(
@@ -628,6 +633,7 @@ class Trainer:
             if self.amp_dtype is None
             else ("bf16" if self.amp_dtype is torch.bfloat16 else "fp16"),
             progress=False,
+            on_result=panel,
         )
         return summary
 
