@@ -1,0 +1,248 @@
+"""Calibration of the built-in synthetic set against real photographs.
+
+Three classical "methods" on the synthetic test split and on the alphamatting.com
+development set (real photos, Trimap1), scored with the official metrics:
+
+    trimap_only   0.5 in the unknown region (known pixels from the trimap)
+    zeros         0 in the unknown region (a constant that beats 0.5 when the band is mostly bg)
+    closed_form   Levin et al.'s closed-form matting (pymatting.estimate_alpha_cf)
+
+The synthetic set is useful when closed-form is clearly better than trimap-only on it and
+both are of the same order as on the real photos: neither trivially easy nor hopeless.
+
+    python benchmarks/bench_calibration.py [--quick] [--max-images N] [--max-side PX]
+        [--synthetic DIR] [--real DIR] [--methods trimap_only,zeros,closed_form] [--json out.json]
+
+Units: SAD, Grad and Conn are sums over the unknown pixels / 1000 (Composition-1k
+convention), MSE is the mean over the unknown pixels; all are means over the images.
+SAD/MP is SAD per megapixel of image (sets with different image sizes compare on it);
+err/px is the mean |alpha error| over all unknown pixels of the set (0-1).
+pymatting is imported lazily: its first import compiles with numba (~45 s, cached after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
+
+import cv2
+import numpy as np
+
+from data.synthetic import ensure_synthetic
+from data.testsets import MattingExample, load_alphamatting, load_composition1k
+from utils.metrics import compute_all
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "alphamatting_lowres_dev"
+METHODS = ("trimap_only", "zeros", "closed_form")
+QUICK_IMAGES, QUICK_SIDE = 4, 400
+
+
+# --- methods: (image uint8 (H,W,3) RGB, trimap uint8 (H,W)) -> alpha float32 (H,W) in [0,1]
+def _known(trimap: np.ndarray, unknown_value: float) -> np.ndarray:
+    out = np.full(trimap.shape, unknown_value, np.float32)
+    out[trimap == 0] = 0.0
+    out[trimap == 255] = 1.0
+    return out
+
+
+def trimap_only(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """0.5 everywhere in the unknown region."""
+    return _known(trimap, 0.5)
+
+
+def zeros(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """0 everywhere in the unknown region."""
+    return _known(trimap, 0.0)
+
+
+def closed_form(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """Closed-form matting (pymatting); known trimap pixels forced to 0/1."""
+    import pymatting  # lazy: numba compilation on first import
+
+    if not ((trimap == 0).any() and (trimap == 255).any()):
+        raise ValueError("closed-form matting needs both known foreground and background")
+    with contextlib.redirect_stdout(io.StringIO()):  # its solver prints performance warnings
+        alpha = pymatting.estimate_alpha_cf(image.astype(np.float64) / 255.0, trimap / 255.0)
+    alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    known = trimap != 128
+    alpha[known] = (trimap[known] == 255).astype(np.float32)
+    return alpha
+
+
+_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "trimap_only": trimap_only,
+    "zeros": zeros,
+    "closed_form": closed_form,
+}
+
+
+# --- evaluation ------------------------------------------------------------------------------
+def downscale(ex: MattingExample, max_side: int | None) -> MattingExample:
+    """Shrink an example so its long side is <= ``max_side`` (area for image and alpha,
+    nearest for the trimap so it keeps its three values); unchanged when already small."""
+    h, w = ex.trimap.shape
+    if not max_side or max(h, w) <= max_side:
+        return ex
+    size = (max(1, round(w * max_side / max(h, w))), max(1, round(h * max_side / max(h, w))))
+    return MattingExample(
+        ex.name,
+        cv2.resize(ex.image, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(ex.trimap, size, interpolation=cv2.INTER_NEAREST),
+        np.clip(cv2.resize(ex.alpha, size, interpolation=cv2.INTER_AREA), 0.0, 1.0),
+    )
+
+
+def evaluate_set(
+    examples: Sequence[MattingExample],
+    methods: Sequence[str] = METHODS,
+    max_images: int | None = None,
+    max_side: int | None = None,
+) -> dict:
+    """Score ``methods`` on ``examples``; returns per-method means (see module docstring).
+
+    ``max_images`` picks that many images evenly spread over the set. An image on which
+    a method fails (closed-form without known fg/bg) is scored with the
+    trimap-only prediction and counted in ``failures``.
+    """
+    if "closed_form" in methods:
+        import pymatting  # noqa: F401  (compile/load before the timings start)
+
+    n = len(examples) if max_images is None else min(max_images, len(examples))
+    # A subset is spread over the whole set (composites of one foreground are adjacent).
+    picks = np.unique(np.linspace(0, len(examples) - 1, n).round().astype(int)) if n else []
+    sums = {
+        m: dict(sad=0.0, mse=0.0, grad=0.0, conn=0.0, sad_per_mp=0.0, seconds=0.0) for m in methods
+    }
+    failures = dict.fromkeys(methods, 0)
+    unknown_px = megapixels = 0.0
+    for i in picks:
+        ex = downscale(examples[int(i)], max_side)
+        if ex.alpha is None:
+            raise ValueError(f"{ex.name}: no ground-truth alpha; calibration needs it")
+        mp = ex.trimap.size / 1e6
+        megapixels += mp
+        unknown_px += float((ex.trimap == 128).sum())
+        for m in methods:
+            t0 = time.perf_counter()
+            try:
+                pred = _FUNCS[m](ex.image, ex.trimap)
+            except ValueError:
+                failures[m] += 1
+                pred = trimap_only(ex.image, ex.trimap)
+            seconds = time.perf_counter() - t0
+            scores = compute_all(pred, ex.alpha, ex.trimap)
+            for k, v in scores.items():
+                sums[m][k] += v
+            sums[m]["sad_per_mp"] += scores["sad"] / mp
+            sums[m]["seconds"] += seconds
+    out = {
+        "images": n,
+        "mean_megapixels": megapixels / max(n, 1),
+        "unknown_fraction": unknown_px / max(megapixels * 1e6, 1),
+        "methods": {},
+    }
+    for m in methods:
+        res = {k: v / max(n, 1) for k, v in sums[m].items()}
+        res["err_per_unknown_px"] = sums[m]["sad"] * 1000 / max(unknown_px, 1)
+        res["failures"] = failures[m]
+        out["methods"][m] = res
+    return out
+
+
+def run(
+    quick: bool = False,
+    max_images: int | None = None,
+    max_side: int | None = None,
+    methods: Sequence[str] = METHODS,
+    synthetic_dir: str | Path | None = None,
+    real_dir: str | Path | None = REAL_DEFAULT,
+) -> dict:
+    """Calibrate; returns {"synthetic": {...}, "alphamatting": {...} or {"skipped": why}}.
+
+    quick: at most QUICK_IMAGES images per set, long side <= QUICK_SIDE px (unless given).
+    synthetic_dir: a Composition-1k folder; default the built-in set's test split.
+    """
+    if quick:
+        max_images = QUICK_IMAGES if max_images is None else max_images
+        max_side = QUICK_SIDE if max_side is None else max_side
+    syn_root = Path(synthetic_dir) if synthetic_dir else ensure_synthetic() / "test"
+    results: dict = {
+        "settings": {"max_images": max_images, "max_side": max_side, "methods": list(methods)},
+        "synthetic": {
+            "root": str(syn_root),
+            **evaluate_set(load_composition1k(syn_root), methods, max_images, max_side),
+        },
+    }
+    real = Path(real_dir) if real_dir else None
+    if real is None or not (real / "input_training_lowres").is_dir():
+        results["alphamatting"] = {"skipped": f"alphamatting.com dev set not found at {real}"}
+    else:
+        examples = load_alphamatting(real, "Trimap1")
+        results["alphamatting"] = {
+            "root": str(real),
+            **evaluate_set(examples, methods, max_images, max_side),
+        }
+    return results
+
+
+def format_table(results: dict) -> str:
+    """Markdown table of :func:`run`'s results."""
+    lines = [
+        "| set | method | images | SAD | MSE | Grad | Conn | SAD/MP | err/px | s/img |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for key, label in (("synthetic", "synthetic test"), ("alphamatting", "alphamatting Trimap1")):
+        r = results.get(key, {})
+        if "skipped" in r:
+            notes.append(f"{label}: skipped ({r['skipped']})")
+            continue
+        mp = r["mean_megapixels"]
+        for m, s in r["methods"].items():
+            fail = f" ({s['failures']} failed)" if s["failures"] else ""
+            lines.append(
+                f"| {label} ({mp:.2f} MP) | {m}{fail} | {r['images']} | {s['sad']:.2f} | "
+                f"{s['mse']:.4f} | {s['grad']:.2f} | {s['conn']:.2f} | {s['sad_per_mp']:.1f} | "
+                f"{s['err_per_unknown_px']:.3f} | {s['seconds']:.2f} |"
+            )
+    lines.append(
+        "\nSAD, Grad, Conn: sum over unknown pixels / 1000, mean per image; MSE: mean over "
+        "unknown pixels; SAD/MP: SAD per megapixel; err/px: mean |error| per unknown pixel."
+    )
+    return "\n".join(lines + notes)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_IMAGES} images, side {QUICK_SIDE}")
+    p.add_argument("--max-images", type=int, default=None, help="images per set (default all)")
+    p.add_argument("--max-side", type=int, default=None, help="downscale long side to PX")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    p.add_argument("--synthetic", type=Path, default=None, help="Composition-1k folder to use")
+    p.add_argument("--real", type=Path, default=REAL_DEFAULT, help="alphamatting.com folder")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    a = p.parse_args(argv)
+    methods = [m for m in a.methods.split(",") if m]
+    bad = sorted(set(methods) - set(METHODS))
+    if bad:
+        p.error(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
+    results = run(a.quick, a.max_images, a.max_side, methods, a.synthetic, a.real)
+    print(format_table(results))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
