@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from utils.inference import check_amp, load_model_for_inference, pick_device
+    from utils.device import check_amp, pick_device
+    from utils.inference import load_model_for_inference
 
     if args.pred_dir and (args.checkpoint or args.method != "dim"):
         raise EvaluationError("--pred-dir scores existing predictions: drop --checkpoint/--method")

@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from tqdm import tqdm
 
-    from utils.inference import check_amp, load_model_for_inference, pick_device
+    from utils.device import check_amp, pick_device
+    from utils.inference import load_model_for_inference
 
     jobs = pair_inputs(args.image, args.trimap)
     background = read_rgb(args.background) if args.background else None

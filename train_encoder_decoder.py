@@ -33,6 +33,7 @@ from models.py_loss import DIMLoss
 from utils import distributed as dist_utils
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.determinism import capture_rng_state, restore_rng_state, seed_everything
+from utils.device import check_amp, pick_device
 
 log = logging.getLogger("train")
 
@@ -198,32 +199,6 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES)")
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise SystemExit("--device mps: MPS is not available on this machine")
-    return torch.device(name)
-
-
-def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
-    if name == "off" or (name == "auto" and device.type != "cuda"):
-        return None
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type != "cuda":
-        raise SystemExit(f"--amp {name} needs CUDA; use --amp off on {device.type}")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (per-epoch shuffle, one shard per rank) that can skip the batches a
     resumed run has already trained on in the current epoch, so a resume is exact."""
@@ -261,14 +236,17 @@ class Trainer:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.stage = cfg["stage"]
-        self.device = pick_device(cfg["device"])
+        try:
+            self.device = pick_device(cfg["device"])
+            self.amp_dtype = check_amp(cfg["amp"], self.device)
+        except ValueError as e:
+            raise SystemExit(str(e)) from e
         ddp_device = dist_utils.init_distributed(self.device.type)
         if ddp_device is not None:
             self.device = ddp_device
         self.main = dist_utils.is_main()
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
-        self.amp_dtype = pick_amp(cfg["amp"], self.device)
         self.channels_last = cfg["channels_last"] == "on"
         seed_everything(cfg["seed"] + dist_utils.rank())
 

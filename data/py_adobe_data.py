@@ -59,6 +59,7 @@ from data.testsets import (
     validation_manifest,
 )
 from utils.image_io import write_png
+from utils.visualization import Visualizer
 
 PathLike = str | os.PathLike
 
@@ -436,7 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="decode files for every sample")
     p.add_argument("--cache-dir", help="decoded cache folder (default .cache/decoded)")
-    p.add_argument("--out", default="runs/adobe_data_selftest.png", help="PNG grid to write")
+    p.add_argument("--out", default="runs/data_selftest", help="folder for the grid and logs")
+    p.add_argument("--visdom-server", default="http://localhost")
+    p.add_argument("--visdom-port", type=int, default=8097)
+    p.add_argument("--no-visdom", action="store_true", help="write the grid to --out only")
     args = p.parse_args(argv)
 
     tmp = None
@@ -492,8 +496,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             print(f"  {name:20s} min {x.min().item():8.3f}  max {x.max().item():8.3f}")
         print(f"unknown fraction {layout.mask(label).mean().item():.3f}")
-        print(f"{args.n} samples in {dt:.2f} s: {args.n / dt:.1f} samples/s (one process)")
-        out = write_png(args.out, sample_grid(samples[:8]))
+        rate = args.n / dt
+        print(f"{args.n} samples in {dt:.2f} s: {rate:.1f} samples/s (one process)")
+        with Visualizer(args.out, env="data-selftest", server=args.visdom_server,
+                        port=args.visdom_port, enabled=not args.no_visdom) as viz:  # fmt: skip
+            out = viz.image(0, "samples", sample_grid(samples[:8]))
+            viz.scalars(0, {"samples_per_s": rate}, "speed")
+            viz.text("data self-test", f"{ds!r}\n{args.n} samples, {rate:.1f} samples/s")
         print(f"grid (image | trimap | alpha | fg | bg) written to {out}")
         if failures:
             print(f"FAILED: {failures} of {args.n} samples have problems")

@@ -369,11 +369,14 @@ def test_dataset_argument_checks(demo, tmp_path):
 
 # --- self-test script ------------------------------------------------------------------------
 def test_self_test_script(demo, tmp_path, capsys):
-    out = tmp_path / "grid.png"
+    out = tmp_path / "selftest"
     rc = main(["--root", str(demo), "--n", "6", "--size", "32", "--out", str(out),
-               "--cache-dir", str(tmp_path / "c")])  # fmt: skip
+               "--cache-dir", str(tmp_path / "c"), "--no-visdom"])  # fmt: skip
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "OK: composite identity" in text and "samples/s" in text
-    grid = cv2.imread(str(out))
+    # through the Visualizer: the grid panel, the speed point and the text log
+    grid = cv2.imread(str(out / "panels" / "samples_0000000.png"))
     assert grid.shape == (6 * 32, 5 * 32, 3)
+    assert "samples_per_s" in (out / "metrics.jsonl").read_text()
+    assert "data self-test" in (out / "text.log").read_text()

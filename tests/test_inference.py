@@ -10,8 +10,8 @@ from torch import nn
 from data import layout
 from models.py_encoder_decoder import DIM
 from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.device import check_amp
 from utils.inference import (
-    check_amp,
     eval_mode,
     exact_overlap,
     load_model_for_inference,

@@ -54,10 +54,10 @@ import numpy as np
 import torch
 
 from data import layout
+from utils.device import check_amp
 
 STRIDE = 32  # total down-sampling of the encoder (five 2x2 max-pools)
 DEFAULT_MAX_SIDE = 1600  # the CLIs' default: windows of <= 1600 x 1600 px (~4 GB on CPU)
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -137,20 +137,6 @@ def resolve_tile(
     if max_side <= 0:
         raise ValueError(f"max_side={max_side} must be positive")
     return max(STRIDE, (max_side - 2 * overlap) // STRIDE * STRIDE)
-
-
-def check_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
-    """Validate ``amp`` (None/"off", "bf16", "fp16") for ``device``; return the autocast dtype."""
-    if amp in (None, "off", "none", "fp32"):
-        return None
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp={amp!r}: expected one of off, bf16, fp16")
-    if device.type != "cuda":
-        raise ValueError(
-            f"--amp {amp} needs a CUDA device (got {device.type}); on CPU inference runs in "
-            "float32 - drop --amp"
-        )
-    return AMP_DTYPES[amp]
 
 
 def force_known(alpha: np.ndarray, trimap_u8: np.ndarray) -> np.ndarray:
@@ -257,20 +243,6 @@ def predict_alpha(
         alpha = crop_back(out, pads).numpy()
     alpha = np.ascontiguousarray(alpha, dtype=np.float32)
     return force_known(alpha, trimap_u8)
-
-
-def pick_device(name: str | None = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else MPS, else CPU; other names are passed to torch."""
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use cpu")
-    return dev
 
 
 # --- checkpoints for inference ---------------------------------------------------------------

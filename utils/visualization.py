@@ -660,14 +660,19 @@ class Visualizer:
         self._last_panel[tag] = step
         title = f"{self.env} | {tag} | step {step}"
         img, _ = build_panel(data, label, raw, refined, max_items, self.tile, title)
-        path = self.run_dir / "panels" / f"{_safe_name(tag)}_{step:07d}.png"
-        _write_png(path, img)
+        return self.image(step, tag, img)
+
+    def image(self, step: int, tag: str, rgb: np.ndarray) -> Path:
+        """Show an RGB uint8 picture (H, W, 3) in the ``tag`` window (replaced in place) and
+        write it to ``panels/{tag}_{step}.png``; returns the PNG path."""
+        path = self.run_dir / "panels" / f"{_safe_name(tag)}_{int(step):07d}.png"
+        _write_png(path, rgb)
         if self._vis is not None:
             win = f"panel_{_safe_name(tag)}"
-            # no visdom caption: the columns are labelled in the picture, and visdom's
+            # no visdom caption: panels label their columns in the picture, and visdom's
             # layout does not reserve room for a caption under a tall image
-            opts = dict(title=f"{tag} (step {step})", width=img.shape[1], height=img.shape[0])
-            if self._call(self._vis.image, img.transpose(2, 0, 1), win=win, opts=opts, expect=win):
+            opts = dict(title=f"{tag} (step {step})", width=rgb.shape[1], height=rgb.shape[0])
+            if self._call(self._vis.image, rgb.transpose(2, 0, 1), win=win, opts=opts, expect=win):
                 self._windows.add(win)
         return path
 
