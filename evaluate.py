@@ -48,7 +48,7 @@ import numpy as np
 
 from utils import metrics
 from utils.image_io import ImageReadError, read_alpha, write_png
-from utils.inference import DEFAULT_MAX_SIDE
+from utils.inference import DEFAULT_MAX_SIDE, add_inference_args
 
 log = logging.getLogger("evaluate")
 
@@ -415,20 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol, numbers are not comparable)",
     )
     run = p.add_argument_group("inference")
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
-    run.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="CUDA only")
-    run.add_argument(
-        "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
-    )
-    run.add_argument(
-        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
-    )
-    run.add_argument(
-        "--max-side",
-        type=int,
-        default=DEFAULT_MAX_SIDE,
-        help="tile images whose long side exceeds this (bounded memory); 0 = never",
-    )
+    add_inference_args(run)
     outp = p.add_argument_group("output")
     outp.add_argument("--out", help="output folder (default runs/eval/<method>-<test set>)")
     outp.add_argument("--no-save", action="store_true", help="do not write the alpha PNGs")

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from utils.image_io import ImageReadError, read_gray, read_rgb, write_png
-from utils.inference import DEFAULT_MAX_SIDE
+from utils.inference import add_inference_args
 
 log = logging.getLogger("predict")
 
@@ -243,20 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", help="composite the cut-out on this image")
     p.add_argument("--fg-method", choices=("ml", "none"), default="ml", help="foreground colours")
     p.add_argument("--snap-trimap", action="store_true", help="map trimap values to 0/128/255")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
-    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="CUDA only")
-    p.add_argument(
-        "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
-    )
-    p.add_argument(
-        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
-    )
-    p.add_argument(
-        "--max-side",
-        type=int,
-        default=DEFAULT_MAX_SIDE,
-        help="tile images whose long side exceeds this (bounded memory); 0 = never",
-    )
+    add_inference_args(p)
     return p
 
 

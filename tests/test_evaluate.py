@@ -17,8 +17,7 @@ import torch
 
 import evaluate
 from data.testsets import open_testset
-from models.py_encoder_decoder import DIM
-from utils.checkpoint import save_checkpoint
+from tests.helpers import random_checkpoint
 from utils.image_io import read_alpha
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A random-init stage-1 checkpoint written the way the trainer writes them."""
-    torch.manual_seed(0)
-    model = DIM(fc6="conv1x1", refine=False)
     path = tmp_path_factory.mktemp("run") / "demo" / "stage1" / "best.pt"
-    state = {"model": model.state_dict(), "model_config": model.config, "stage": 1}
-    return save_checkpoint(path, {**state, "config": {"lr": 1e-5}, "epoch": 0})
+    return random_checkpoint(path, stage=1, fc6="conv1x1")
 
 
 def read_csv(path: Path) -> list[dict]:

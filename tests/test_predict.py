@@ -14,8 +14,7 @@ import torch
 
 import predict
 from data.testsets import open_testset
-from models.py_encoder_decoder import DIM
-from utils.checkpoint import save_checkpoint
+from tests.helpers import random_checkpoint
 from utils.image_io import read_gray, read_rgb, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,11 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = DIM(fc6="conv1x1", refine=True)
     path = tmp_path_factory.mktemp("run") / "demo" / "stage2" / "best.pt"
-    state = {"model": model.state_dict(), "model_config": model.config, "stage": 2}
-    return save_checkpoint(path, {**state, "config": {}})
+    return random_checkpoint(path, stage=2, fc6="conv1x1")
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,10 @@ import pytest
 
 from data import synthetic
 from data.synthetic import MARKER, VERSION, Sizes, ensure_synthetic, is_complete
+from tests.helpers import TINY_SYNTHETIC
 
 # Tiny: every kind of job runs, and one foreground of each primary structure.
-TINY = dict(
-    n_train_fg=4,
-    n_bg=5,
-    bg_per_fg=2,
-    n_val_fg=1,
-    val_per_fg=2,
-    n_test_fg=2,
-    test_per_fg=2,
-    fg_size=(96, 128),
-    bg_size=(112, 144),
-    val_size=(96, 80),
-    test_size=(128, 96),
-)
+TINY = TINY_SYNTHETIC
 # Large enough that the alpha statistics mean something (still ~2 s on one core).
 SMALL = dict(TINY, n_train_fg=8, n_bg=4, fg_size=(200, 240), n_test_fg=4, test_size=(240, 192))
 

@@ -14,28 +14,17 @@ import torch.multiprocessing as mp
 
 import train_encoder_decoder as tr
 from data.synthetic import ensure_synthetic
+from tests.helpers import TINY_SYNTHETIC
 from utils.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = dict(
-    n_train_fg=4,
-    n_bg=4,
-    bg_per_fg=2,
-    n_val_fg=1,
-    val_per_fg=2,
-    n_test_fg=1,
-    test_per_fg=1,
-    fg_size=(96, 128),
-    bg_size=(96, 128),
-    val_size=(64, 64),
-    test_size=(64, 64),
-)
-
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
-    return ensure_synthetic(tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY)
+    return ensure_synthetic(
+        tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY_SYNTHETIC
+    )
 
 
 def argv(root: Path, runs: Path, stage: int, *extra: str) -> list[str]:

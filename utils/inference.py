@@ -139,6 +139,26 @@ def resolve_tile(
     return max(STRIDE, (max_side - 2 * overlap) // STRIDE * STRIDE)
 
 
+def add_inference_args(parser) -> None:
+    """Add the inference flags every CLI shares (evaluate.py, predict.py): device, AMP, tiles."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
+    parser.add_argument(
+        "--amp", choices=("off", "auto", "bf16", "fp16"), default="off", help="CUDA only"
+    )
+    parser.add_argument(
+        "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
+    )
+    parser.add_argument(
+        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
+    )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help="tile images whose long side exceeds this (bounded memory); 0 = never",
+    )
+
+
 def force_known(alpha: np.ndarray, trimap_u8: np.ndarray) -> np.ndarray:
     """Set pixels the trimap marks known to exactly 0 (background) / 1 (foreground), in place."""
     alpha[trimap_u8 == layout.TRIMAP_BG] = 0.0

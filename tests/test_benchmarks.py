@@ -1,0 +1,190 @@
+"""The benchmark suite: its pieces, and `python -m benchmarks --quick` writing well-formed JSON.
+
+Nothing here checks a speed: only that every figure is there, has its type and is positive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import __main__ as suite
+from benchmarks import bench_train, common
+from models.py_encoder_decoder import DIM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def is_positive(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def layer_shapes(model: nn.Module) -> list[tuple]:
+    """Every conv and BN layer as (kind, in, out, kernel), in a canonical order."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size))
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(("bn", m.num_features, m.num_features, ()))
+    return sorted(out)
+
+
+def test_reference_model_has_our_layer_sizes():
+    with torch.device("meta"):  # structure only
+        ours, ref = DIM(refine=False), bench_train.ReferenceEncoderDecoder()
+    assert layer_shapes(ours) == layer_shapes(ref)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+def test_reference_forward_shape_and_range():
+    ref = bench_train.ReferenceEncoderDecoder().eval()
+    with torch.no_grad():
+        out = ref(torch.randn(1, 4, 64, 96))
+    assert out.shape == (1, 1, 64, 96)
+    assert 0 <= out.min() and out.max() <= 1
+
+
+def test_flop_counter_counts_forward_and_backward_alike_for_both_models():
+    x = torch.randn(1, 4, 64, 64)
+    ref, ours = bench_train.ReferenceEncoderDecoder(), DIM(refine=False)
+    fwd = bench_train.count_flops(lambda: ref(x))
+    both = bench_train.count_flops(lambda: ref(x).mean().backward())
+    ours_both = bench_train.count_flops(lambda: ours(x)[0].mean().backward())
+    # backward = grads of inputs and weights ~ 2x forward (none for the data input)
+    assert 2.5 * fwd < both <= 3.0 * fwd
+    assert ours_both == pytest.approx(both, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L40S", 362.1),
+        ("NVIDIA L4", 121.0),
+        ("Some Future GPU", None),
+    ],
+)
+def test_peak_bf16_lookup(name, expected):
+    assert bench_train.peak_bf16_tflops(name) == expected
+
+
+def test_run_one_turns_failures_into_error_rows(tmp_path, monkeypatch):
+    (tmp_path / "bench_boom.py").write_text(
+        "def run(quick=False):\n    raise RuntimeError('boom')\n"
+    )
+    (tmp_path / "bench_ok.py").write_text("def run(quick=False):\n    return {'quick': quick}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    missing, _ = suite.run_one("x", "benchmarks.bench_no_such_thing", {"quick": True})
+    assert "missing" in missing["error"]
+    boom, _ = suite.run_one("boom", "bench_boom", {"quick": True})
+    assert boom == {"error": "RuntimeError: boom"}
+    ok, seconds = suite.run_one("ok", "bench_ok", {"quick": True, "workers": 3})
+    assert ok == {"quick": True} and seconds >= 0  # unknown keyword arguments are dropped
+
+
+def test_table_has_error_and_pending_rows():
+    table = suite.build_table({"data": {"error": "boom"}, "train": {"rows": "bad"}}, cuda=False)
+    assert ["data", "ERROR", "boom", "", "error"] in table
+    assert any(r[0] == "train" and r[-1] == "error" for r in table)  # unreadable result
+    assert any(r[0] == "train" and r[-1] == "pending" for r in table)
+    assert all(len(r) == len(suite.TABLE_HEAD) for r in table)
+    text = common.markdown_table(suite.TABLE_HEAD, table)
+    assert text.count("\n") == len(table) + 1
+
+
+def test_write_json_is_strict(tmp_path):
+    path = common.write_json(
+        tmp_path / "a" / "r.json", {"x": float("nan"), "y": np.float32(1.5), "p": tmp_path}
+    )
+    assert json.loads(path.read_text()) == {"x": None, "y": 1.5, "p": str(tmp_path)}
+
+
+def test_peak_memory_sees_an_allocation():
+    with common.PeakMemory("cpu") as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        del block
+    assert mem.rss_peak_mb >= mem.rss_before_mb
+    if mem.rss_exact:
+        assert mem.rss_added_mb > 40
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_the_json_schema(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "DIM_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert "| bench" in proc.stdout  # the table was printed
+
+    assert res["schema"] == 1 and res["quick"] is True and res["errors"] == []
+    m = res["machine"]
+    assert isinstance(m["cpu_model"], str) and m["cpu_model"]
+    assert isinstance(m["cpu_count"], int) and m["cpu_count"] > 0
+    assert isinstance(m["torch"], str) and isinstance(m["cuda_available"], bool)
+    datetime.fromisoformat(m["date"])
+    assert is_positive(res["seconds"]["total"])
+    assert set(res["benchmarks"]) == {"data", "metrics", "train", "infer"}
+    assert res["table"] and all(set(r) == set(suite.TABLE_HEAD) for r in res["table"])
+    assert all(isinstance(v, str) for r in res["table"] for v in r.values())
+
+    b = res["benchmarks"]
+    for bench in b.values():
+        assert "error" not in bench
+    assert is_positive(b["data"]["samples_per_s"]) and is_positive(b["data"]["speedup_vs_naive"])
+    assert is_positive(b["metrics"]["cpu_seconds_all_four"])
+    assert is_positive(b["metrics"]["cpu_speedup_vs_reference"])
+
+    t = b["train"]
+    assert t["device"] in ("cpu", "cuda") and t["quick"] is True
+    assert {(r["stage"], r["model"]) for r in t["rows"]} == {
+        (1, "ours"),
+        (1, "reference"),
+        (3, "ours"),
+    }
+    for r in t["rows"]:
+        assert "error" not in r, r
+        assert isinstance(r["batch"], int) and r["batch"] > 0
+        for key in ("step_s", "step_s_median", "samples_per_s", "peak_mb", "achieved_tflops"):
+            assert is_positive(r[key]), (key, r)
+        assert all(is_positive(x) for x in r["step_s_all"])
+    assert {"stage1", "stage3", "reference"} <= set(t["flops_per_sample"])
+    assert all(is_positive(v) for v in t["flops_per_sample"].values())
+    for key in ("stage1_samples_per_s", "stage3_samples_per_s", "reference_ratio"):
+        assert is_positive(t[key]), key
+    e2e = t["end_to_end"]
+    for key in ("samples_per_s", "model_only_samples_per_s", "data_per_worker_samples_per_s"):
+        assert is_positive(e2e[key]), key
+    assert isinstance(e2e["workers_needed"], int) and e2e["workers_needed"] >= 1
+    for target in t["targets"].values():
+        assert isinstance(target["target"], str) and isinstance(target["met"], bool)
+        assert is_positive(target["value"])
+
+    rows = b["infer"]["rows"]
+    assert rows
+    for r in rows:
+        assert "error" not in r, r
+        if "skipped" not in r:
+            assert is_positive(r["ms_per_mpx"]) and is_positive(r["peak_rss_mb"])
