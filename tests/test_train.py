@@ -197,3 +197,23 @@ def test_cli_help_runs_by_path():
     out = subprocess.run([sys.executable, str(ROOT / "train_encoder_decoder.py"), "--help"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert out.returncode == 0 and "--stage" in out.stdout and "--data-root" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--optimizer", "sgd", "--scheduler", "cosine", "--grad-clip", "1.0"],
+        ["--optimizer", "adamw", "--scheduler", "step", "--lr-step", "1", "--weight-decay", "0.01"],
+        ["--w-comp", "0", "--upsample", "bilinear", "--skip", "add", "--fc6", "conv1x1"],
+    ],
+)
+def test_optimiser_schedule_and_model_flags_train(tiny_root, tmp_path, flags):
+    t = make_trainer(argv(tiny_root, tmp_path / "runs", 1, *flags))
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    data, label = next(iter(t.loader))
+    losses, *_ = t.train_step(data, label)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    changed = [k for k, v in t.model.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed, "one step changed no weight"
+    if "cosine" in flags:  # T_max = 2 iterations: half-way after one step
+        assert t.optimizer.param_groups[0]["lr"] == pytest.approx(t.cfg["lr"] / 2)
