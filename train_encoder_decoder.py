@@ -463,10 +463,17 @@ class Trainer:
             "rng": capture_rng_state(),
         }
 
-    def save(self, name: str) -> Path | None:
+    def save(self, name: str, resumable: bool = True) -> Path | None:
+        """Write ``name`` in the stage folder (rank 0). ``resumable=False`` leaves out the
+        optimiser/scheduler/scaler/RNG state: a third of the size, enough to evaluate or to
+        start the next stage (what ``best.pt`` is for); ``last.pt`` keeps everything."""
         if not self.main:
             return None
-        return save_checkpoint(self.stage_dir / name, self.state_dict())
+        state = self.state_dict()
+        if not resumable:
+            for key in ("optimizer", "scheduler", "scaler", "rng"):
+                state.pop(key)
+        return save_checkpoint(self.stage_dir / name, state)
 
     def _resume(self) -> None:
         path = self.cfg["resume"]
@@ -675,7 +682,7 @@ class Trainer:
             self.history.append(record)
             self.save("last.pt")
             if improved:
-                self.save("best.pt")
+                self.save("best.pt", resumable=False)
             line = (
                 f"epoch {self.epoch}/{self.cfg['epochs']} it {self.iteration} | "
                 f"loss {train.get('total', float('nan')):.4f} | "

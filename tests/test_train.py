@@ -52,7 +52,10 @@ def test_three_stages_end_to_end_and_stage2_frozen(tiny_root, tmp_path):
     assert (s1 / "last.pt").is_file() and (s1 / "best.pt").is_file()
     ck = load_checkpoint(s1 / "best.pt")
     assert ck["stage"] == 1 and ck["config"]["crop_size"] == 64 and ck["iteration"] == 2
+    assert "optimizer" not in ck, "best.pt holds the weights only (resume uses last.pt)"
+    ck = load_checkpoint(s1 / "last.pt")
     assert {"optimizer", "scheduler", "scaler", "rng", "history"} <= set(ck)
+    assert (s1 / "last.pt").stat().st_mode & 0o044, "checkpoints are readable like any file"
     assert set(ck["history"][0]) >= {"val_sad", "val_mse", "val_grad", "val_conn"}
 
     t2 = make_trainer(argv(tiny_root, runs, 2))
