@@ -24,6 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cv2
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -247,6 +248,12 @@ class Trainer:
         self.main = dist_utils.is_main()
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
+        if cfg["workers"] > 0:
+            # The workers are the data parallelism: one OpenCV thread each. Set here, in the
+            # parent, before they fork (setting it inside a forked worker can deadlock).
+            cv2.setNumThreads(1)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick kernels
         self.channels_last = cfg["channels_last"] == "on"
         seed_everything(cfg["seed"] + dist_utils.rank())
 

@@ -3,7 +3,7 @@
 A random-init DIM (default architecture with the refine head: what stage 2/3 checkpoints run;
 the weights do not change the cost) matting 800x600, 2000x2000 and 4000x3000 images through
 ``utils.inference.predict_alpha`` - the code evaluate.py and predict.py use. Each case runs in
-its own subprocess so its peak memory is its own: peak RSS (``ru_maxrss``, which includes
+its own subprocess so its peak memory is its own: peak RSS (``VmHWM``, which includes
 ~1 GB of torch libraries and model weights; ``rss_before_mb`` is that level) and, on CUDA,
 ``torch.cuda.max_memory_allocated``.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
+from benchmarks.common import peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ((800, 600), (2000, 2000), (4000, 3000))  # (width, height)
 CPU_GB_PER_MPX = 1.5  # whole-image activations, float32, measured on this project's CPU
@@ -45,7 +46,8 @@ TARGET_GB = 8.0
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux
+    # VmHWM, not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's peak.
+    return peak_rss_mb()
 
 
 def _worker(args: argparse.Namespace) -> dict:

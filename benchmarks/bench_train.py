@@ -621,10 +621,8 @@ def run(
         res["cudnn_benchmark"] = torch.backends.cudnn.benchmark
         res["matmul_precision"] = torch.get_float32_matmul_precision()
     t_start = time.perf_counter()
-    # This process draws samples itself (the fixed batches, the data rate), and OpenCV's
-    # thread pool must not be running when the DataLoader forks its workers: their
-    # worker_init_fn calls cv2.setNumThreads(1), which deadlocks in a child forked from a
-    # parent whose pool has threads. So one OpenCV thread here, as in a worker.
+    # This process draws samples itself (the fixed batches, the data rate) with one OpenCV
+    # thread, as a DataLoader worker (and the trainer with workers) runs.
     cv_threads = _set_cv2_threads(1)
     try:
         with tempfile.TemporaryDirectory(prefix="dim_bench_train_") as tmp_name:

@@ -179,15 +179,17 @@ class AdobeDataset(Dataset):
 
 def worker_init_fn(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed Python/NumPy from torch's per-worker seed (which
-    differs per worker and per epoch) and keep OpenCV single-threaded inside workers.
+    differs per worker and per epoch).
 
     AdobeDataset itself does not need it (its streams are per sample); other code using the
-    global generators inside a worker does.
+    global generators inside a worker does. It deliberately leaves OpenCV alone: calling
+    ``cv2.setNumThreads`` in a worker forked from a process whose OpenCV thread pool is running
+    deadlocks the worker. To keep workers single-threaded, call ``cv2.setNumThreads(1)`` in the
+    main process before the loader starts (the trainer does).
     """
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (seeding the legacy global generator is the point)
-    cv2.setNumThreads(1)
 
 
 # --- train/val convenience -------------------------------------------------------------------
