@@ -727,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
                 for k in ("crop_size", "batch_size", "lr", "epochs", "iters_per_epoch")
             ),
         )
+        log.info("full configuration (stored in every checkpoint): %s",
+                 json.dumps(cfg, sort_keys=True))  # fmt: skip
     try:
         trainer = Trainer(cfg)
         trainer.fit()
