@@ -350,10 +350,13 @@ def write_report(
     return table
 
 
-def post_example_panel(vis, step: int, tag: str, example, alpha_u8: np.ndarray) -> None:
+def post_example_panel(
+    vis, step: int, tag: str, example, alpha_u8: np.ndarray, refined: bool = False
+) -> None:
     """Show one scored test image (MattingExample + predicted 8-bit alpha) as a matting panel.
 
-    Test sets carry no fg/bg, so the panel's re-composite uses the image itself.
+    ``refined``: the prediction is a refine head's output (shown in that column; the raw
+    alpha is not available here). Test sets carry no fg/bg, so the re-composite uses the image.
     """
     from data import layout
 
@@ -361,7 +364,8 @@ def post_example_panel(vis, step: int, tag: str, example, alpha_u8: np.ndarray) 
     zeros = np.zeros_like(example.image)
     label = layout.make_label(zeros, zeros, example.image, example.alpha, example.trimap)
     pred = (alpha_u8.astype(np.float32) / 255.0)[None, None]
-    vis.matting_panel(step, tag, data[None], label[None], pred, force=True)
+    raw, ref = (None, pred) if refined else (pred, None)
+    vis.matting_panel(step, tag, data[None], label[None], raw, ref, force=True)
 
 
 class VisdomPanels:

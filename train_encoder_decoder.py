@@ -614,7 +614,9 @@ class Trainer:
 
         def panel(i, example, alpha_u8, row):
             if self.viz is not None and i < 2:
-                post_example_panel(self.viz, self.iteration, f"val {i}", example, alpha_u8)
+                post_example_panel(
+                    self.viz, self.iteration, f"val {i}", example, alpha_u8, self.stage > 1
+                )
 
         self.model.eval()
         _, summary = evaluate_model(

@@ -468,3 +468,16 @@ def test_server_dying_mid_run_falls_back_with_one_warning(frontend, tmp_path, ca
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4
     assert len(list((tmp_path / "run" / "panels").glob("train_*.png"))) == 4
     assert (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_panel_with_only_a_refined_alpha(tmp_path):
+    """Validation of a stage-2/3 model yields only the refined alpha: the raw column says so."""
+    from utils.visualization import panel_tiles
+
+    d = np.zeros((1, 4, 32, 32), np.float32)
+    pred = np.full((1, 1, 32, 32), 0.5, np.float32)
+    row = panel_tiles(d, None, None, pred)[0]
+    captions = [c for _, c in row]
+    assert "raw n/a" in captions and any(c.startswith("refined") for c in captions)
+    with pytest.raises(ValueError, match="raw or refined"):
+        panel_tiles(d, None, None, None)

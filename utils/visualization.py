@@ -149,7 +149,9 @@ def _check_batch(data, label, raw, refined, max_items: int | None = None):
     if d.ndim != 4 or d.shape[1] != layout.DATA_CHANNELS:
         raise ValueError(f"data must be (N, {layout.DATA_CHANNELS}, H, W), got {d.shape}")
     n, _, h, w = d.shape
-    if r.shape != (n, 1, h, w):
+    if r is None and ref is None:
+        raise ValueError("a panel needs raw or refined alpha (or both)")
+    if r is not None and r.shape != (n, 1, h, w):
         raise ValueError(f"raw must be (N, 1, H, W) = {(n, 1, h, w)} like data, got {r.shape}")
     if ref is not None and ref.shape != (n, 1, h, w):
         raise ValueError(f"refined must be (N, 1, H, W) = {(n, 1, h, w)}, got {ref.shape}")
@@ -186,7 +188,7 @@ def panel_tiles(
         def sad(a: np.ndarray, gt=gt, unknown=unknown) -> str:
             return "" if gt is None else f" SAD {_fmt(np.abs(a - gt)[unknown].sum() / 1000)}"
 
-        raw_i = np.clip(r[i, 0], 0, 1)
+        raw_i = None if r is None else np.clip(r[i, 0], 0, 1)
         if gt is not None:
             err = cv2.applyColorMap(_u8(np.abs(pred - gt)), cv2.COLORMAP_INFERNO)
             err = (
@@ -205,7 +207,7 @@ def panel_tiles(
                 (_u8(rgb), f"#{i} image"),
                 (np.repeat(tri[..., None], 3, axis=2), "trimap"),
                 (None if gt is None else _rgb(gt), "gt alpha" if gt is not None else "no gt"),
-                (_rgb(raw_i), "raw" + sad(raw_i)),
+                (None, "raw n/a") if raw_i is None else (_rgb(raw_i), "raw" + sad(raw_i)),
                 (
                     None if ref is None else _rgb(ref[i, 0]),
                     "refined" + sad(pred) if ref is not None else "no refine",
@@ -592,6 +594,8 @@ class Visualizer:
             names = list(finite)
             y = np.array([[finite[k] for k in names]], np.float64)
             opts = dict(title=group, legend=names, xlabel="iteration", ylabel=group)
+            if group == "lr":  # learning rates span decades and sit near 0 on a linear axis
+                opts.update(ytype="log")
             opts.update(showlegend=True, width=440, height=300)
             if group in self.marker_groups:
                 opts.update(markers=True, markersize=7)
