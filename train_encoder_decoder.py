@@ -29,12 +29,14 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from data.sources import DataSourceError
 from models.py_encoder_decoder import DIM, VGGWeightsError, load_vggbn, vgg_hub_cache_file
 from models.py_loss import DIMLoss
 from utils import distributed as dist_utils
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.determinism import capture_rng_state, restore_rng_state, seed_everything
 from utils.device import check_amp, pick_device
+from utils.image_io import ImageReadError
 
 log = logging.getLogger("train")
 
@@ -737,6 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as e:
         log.error("%s", e)
         return 1
+    except (DataSourceError, ImageReadError, CheckpointError, VGGWeightsError) as e:
+        # Bad input (data folders, images, checkpoints, weights): the message names the file
+        # and what to do; a traceback would only hide it.
+        log.error("%s: %s", type(e).__name__, e)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:

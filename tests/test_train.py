@@ -234,3 +234,13 @@ def test_loader_workers_start_after_the_main_process_used_opencv(tmp_path):
     t = make_trainer([*argv(root, tmp_path / "runs", 1, "--workers", "2"), "--val-limit", "1"])
     t.fit(max_iters=1)
     assert load_checkpoint(tmp_path / "runs" / "dim" / "stage1" / "last.pt")["iteration"] == 1
+
+
+def test_bad_data_root_and_init_file_are_clean_errors(tmp_path, caplog):
+    missing = tmp_path / "nowhere"
+    assert tr.main(["--stage", "1", "--data-root", str(missing), "--runs-dir", str(tmp_path)]) == 2
+    assert str(missing) in caplog.text and "DataSourceError" in caplog.text
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    assert tr.main(["--stage", "2", "--init", str(junk), "--runs-dir", str(tmp_path)]) == 2
+    assert str(junk) in caplog.text and "CheckpointError" in caplog.text
