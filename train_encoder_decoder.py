@@ -269,6 +269,9 @@ class Trainer:
         self.best_sad = math.inf
         self.history: list[dict] = []
 
+        # Check the starting point before the (possibly long) data set-up, so a missing or
+        # broken checkpoint fails at once.
+        self.start_path, self.start_state = self._start_checkpoint()
         self._setup_data()
         self._setup_model()
         self._setup_optim()
@@ -358,11 +361,12 @@ class Trainer:
         self.net = net  # what the training step calls
         self.criterion = DIMLoss(w_alpha=cfg["w_alpha"], w_comp=cfg["w_comp"])
 
-    def _initialise(self, model: DIM) -> str:
-        """Load starting weights for this stage; return a line saying what was loaded."""
+    def _start_checkpoint(self) -> tuple[Path | None, dict | None]:
+        """The checkpoint this stage starts from (``--init``, else the previous stage's best.pt
+        for stages 2-3), loaded; (None, None) for stage 1 from VGG/random init or a resume."""
         cfg = self.cfg
         if cfg["resume"]:
-            return "weights from the resumed checkpoint"
+            return None, None
         init = cfg["init"]
         if init is None and self.stage > 1:
             prev = self.run_dir / f"stage{self.stage - 1}" / "best.pt"
@@ -375,8 +379,16 @@ class Trainer:
                     "or pass --init PATH."
                 )
             init = prev
-        if init is not None:
-            state = load_checkpoint(init)
+        return (None, None) if init is None else (Path(init), load_checkpoint(init))
+
+    def _initialise(self, model: DIM) -> str:
+        """Load starting weights for this stage; return a line saying what was loaded."""
+        cfg = self.cfg
+        if cfg["resume"]:
+            return "weights from the resumed checkpoint"
+        init, state = self.start_path, self.start_state
+        self.start_state = None  # the weights live in the model from here on
+        if state is not None:
             missing, unexpected = model.load_state_dict(state["model"], strict=False)
             bad = [k for k in missing if not k.startswith("refine_head.")]
             if bad or unexpected:
