@@ -605,10 +605,11 @@ class Trainer:
                     self.viz.matting_panel(
                         self.iteration,
                         "train",
-                        data.float().cpu(),
-                        label.cpu(),
-                        raw.detach().float().cpu(),
-                        None if refined is None else refined.detach().float().cpu(),
+                        # device tensors: the Visualizer copies only the samples it shows
+                        data,
+                        label,
+                        raw,
+                        refined,
                     )
             if cfg["save_every"] and self.iteration % cfg["save_every"] == 0:
                 self.save("last.pt")

@@ -57,7 +57,8 @@ class DataSourceError(ValueError):
     """The training data cannot be used as given; the message lists every problem found."""
 
 
-def _raise_problems(problems: list[str], what: str) -> None:
+def raise_problems(problems: list[str], what: str) -> None:
+    """Raise one DataSourceError listing every problem found (at most 25 shown), if any."""
     if not problems:
         return
     shown = problems[:25]
@@ -208,7 +209,7 @@ def match_foregrounds(
                 problems.append(f"{fg_names}:{line}: foreground {f} has no alpha in {adir}")
                 continue
             chosen.append((name, f, a))
-    _raise_problems(problems, "foreground/alpha folders")
+    raise_problems(problems, "foreground/alpha folders")
 
     out: list[Foreground] = []
     for name, f, a in chosen:
@@ -225,7 +226,7 @@ def match_foregrounds(
             )
             continue
         out.append(Foreground(name, f, a, hw))
-    _raise_problems(problems, "foreground/alpha images")
+    raise_problems(problems, "foreground/alpha images")
     return out
 
 
@@ -247,14 +248,14 @@ def find_backgrounds(
                 out.append(present[name])
             else:
                 problems.append(f"{bg_names}:{line}: background {name} not found in {bdir}")
-    _raise_problems(problems, "background name list")
+    raise_problems(problems, "background name list")
     if check:
         for f in dict.fromkeys(out):
             try:
                 image_size(f)
             except ImageReadError as e:
                 problems.append(str(e))
-        _raise_problems(problems, "background images")
+        raise_problems(problems, "background images")
     return out
 
 
@@ -585,7 +586,7 @@ class CachedStore:
                 with ProcessPoolExecutor(max_workers=workers) as pool:
                     results = pool.map(fn, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
                     errors += [e for e in _progress(results, len(jobs), progress) if e]
-        _raise_problems(errors, f"decoding images into the cache {self.cache_dir}")
+        raise_problems(errors, f"decoding images into the cache {self.cache_dir}")
 
     def _load(self, path: str) -> np.ndarray:
         arr = self._open.get(path)

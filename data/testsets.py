@@ -46,8 +46,8 @@ from data.sources import (
     DataSourceError,
     DecodingStore,
     MattingSources,
-    _raise_problems,
     list_images,
+    raise_problems,
     read_name_list,
 )
 from utils.image_io import ImageReadError, image_size, read_alpha, read_gray, read_rgb, write_png
@@ -133,7 +133,7 @@ def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
         if f.stem in out:
             problems.append(f"{what}: two files for {f.stem}: {out[f.stem].name} and {f.name}")
         out[f.stem] = f
-    _raise_problems(problems, f"{what} folder {files[0].parent}")
+    raise_problems(problems, f"{what} folder {files[0].parent}")
     return out
 
 
@@ -149,7 +149,7 @@ def _check_sizes(files: list[ExampleFiles]) -> None:
                     )
         except ImageReadError as e:
             problems.append(str(e))
-    _raise_problems(problems, "test images")
+    raise_problems(problems, "test images")
 
 
 def load_folders(
@@ -181,7 +181,7 @@ def load_folders(
         problems += [
             f"alpha {p} has no image in {image_dir}" for s, p in alphas.items() if s not in images
         ]
-    _raise_problems(problems, f"test set {image_dir}")
+    raise_problems(problems, f"test set {image_dir}")
     files = [
         ExampleFiles(s, images[s], trimaps[s], alphas[s] if alphas is not None else None)
         for s in sorted(images)
@@ -222,7 +222,7 @@ def load_composition1k(root: PathLike, check: bool = True) -> ExampleSet:
             if a is None:
                 problems.append(f"merged {merged[s]} has no alpha {s} (or {fg_stem}) in {adir}")
         files.append(ExampleFiles(s, merged[s], t, a))
-    _raise_problems(problems, f"Composition-1k folder {r}")
+    raise_problems(problems, f"Composition-1k folder {r}")
     if check:
         _check_sizes(files)
     return ExampleSet(files, r, "composition1k")
@@ -375,7 +375,7 @@ def build_composition1k(
                 for n, _ in comps
                 if not (tdir / f"{n}.png").is_file()
             ]
-    _raise_problems(problems, "Composition-1k inputs")
+    raise_problems(problems, "Composition-1k inputs")
 
     it = jobs
     if progress:
