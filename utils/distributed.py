@@ -60,24 +60,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj):
-    """Send a picklable object from rank 0 to every rank (identity when not distributed)."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def all_reduce_mean(value: float, device: torch.device) -> float:
-    """Mean of a Python float over all ranks."""
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / world_size()
-
-
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
