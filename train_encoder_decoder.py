@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from models.py_loss import DIMLoss
 from utils import distributed as dist_utils
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.determinism import capture_rng_state, restore_rng_state, seed_everything
-from utils.device import check_amp, pick_device
+from utils.device import check_amp, describe_amp, pick_device
 from utils.image_io import ImageReadError
 
 log = logging.getLogger("train")
@@ -43,8 +44,24 @@ log = logging.getLogger("train")
 # Settings that differ between the built-in synthetic set (a CPU demo that must show the
 # validation SAD falling within minutes, from random init) and real Adobe data (the paper).
 PRESETS = {
-    "synthetic": dict(crop_size=128, batch_size=8, lr=1e-4, epochs=5, iters_per_epoch=30),
-    "adobe": dict(crop_size=320, batch_size=16, lr=1e-5, epochs=30, iters_per_epoch=None),
+    "synthetic": dict(
+        crop_size=128,
+        batch_size=8,
+        lr=1e-4,
+        epochs=5,
+        iters_per_epoch=30,
+        scheduler="cosine",
+        warmup_iters=20,
+    ),
+    "adobe": dict(
+        crop_size=320,
+        batch_size=16,
+        lr=1e-5,
+        epochs=30,
+        iters_per_epoch=None,
+        scheduler="constant",
+        warmup_iters=0,
+    ),
 }
 # Loss weights per stage (w_alpha, w_comp): stage 2 trains the refine head with the alpha loss
 # only, as in the paper.
@@ -81,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
         "foregrounds, or the synthetic set's val split)",
     )
     g.add_argument("--val-limit", type=int, default=None, help="validate on the first N images")
+    g.add_argument(
+        "--real-val",
+        type=Path,
+        default=None,
+        help="also score real photographs with ground truth (any evaluate.py test set, e.g. "
+        "an alphamatting.com folder) every --real-val-every epochs; logged beside the "
+        "validation curves, never used to pick best.pt",
+    )
+    g.add_argument("--real-val-every", type=int, default=1, help="epochs between real-photo scores")
+    g.add_argument(
+        "--real-val-trimap", default="Trimap1", help="trimap set of an alphamatting.com folder"
+    )
     g.add_argument("--crop-size", type=int, default=None, help="training crop side (preset)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     g.add_argument(
@@ -136,7 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=None, help="learning rate (preset)")
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
     g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--scheduler", choices=("constant", "cosine", "step"), default="constant")
+    g.add_argument("--scheduler", choices=("constant", "cosine", "step"), default=None,
+                   help="learning-rate schedule after the warm-up (preset)")  # fmt: skip
+    g.add_argument(
+        "--warmup-iters",
+        type=int,
+        default=None,
+        help="linear learning-rate warm-up from lr/warmup to lr over N iterations (preset)",
+    )
     g.add_argument("--lr-step", type=int, default=10, help="epochs between decays (step)")
     g.add_argument("--lr-gamma", type=float, default=0.1, help="decay factor (step)")
     g.add_argument("--grad-clip", type=float, default=0.0, help="max grad norm; 0 disables")
@@ -200,6 +236,26 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if cfg["w_alpha"] < 0 or cfg["w_comp"] < 0 or cfg["w_alpha"] + cfg["w_comp"] == 0:
         raise SystemExit("--w-alpha/--w-comp must be >= 0 and not both 0")
     return cfg
+
+
+def lr_factor(
+    it: int, *, warmup: int, schedule: str, total: int, step_every: int, gamma: float
+) -> float:
+    """Multiplier of the base learning rate for 0-based iteration ``it``.
+
+    A linear warm-up over the first ``warmup`` iterations (from 1/warmup to 1; Adam's first
+    steps on a random-init network are the ones that blow up), then ``schedule``: "constant";
+    "cosine" from 1 to 0 over the remaining ``total - warmup`` iterations; "step", times
+    ``gamma`` every ``step_every`` iterations.
+    """
+    f = min(1.0, (it + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        progress = min(1.0, max(0, it - warmup) / span)
+        f *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "step":
+        f *= gamma ** (it // max(1, step_every))
+    return f
 
 
 class ResumableSampler(DistributedSampler):
@@ -308,6 +364,12 @@ class Trainer:
             ]
         self.train_set, self.val_examples = train_set, val_examples
         self.data_description = f"{train_set!r}, {len(val_examples)} validation images"
+        self.real_examples = None
+        if cfg["real_val"] and self.main:
+            from data.testsets import open_testset
+
+            self.real_examples = open_testset(cfg["real_val"], trimap=cfg["real_val_trimap"])
+            self.data_description += f", {len(self.real_examples)} real photographs"
         self.sampler = ResumableSampler(
             train_set, dist_utils.world_size(), dist_utils.rank(), cfg["seed"], cfg["batch_size"]
         )
@@ -431,16 +493,17 @@ class Trainer:
                 params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"]
             )
         self.optimizer = opt
-        # Schedulers step once per iteration, after optimizer.step().
-        iters = self.iters_per_epoch * cfg["epochs"]
-        if cfg["scheduler"] == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters))
-        elif cfg["scheduler"] == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(
-                opt, step_size=max(1, cfg["lr_step"] * self.iters_per_epoch), gamma=cfg["lr_gamma"]
-            )
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        # One LambdaLR for every schedule: it steps once per iteration, after
+        # optimizer.step(), and its state is just the iteration count (exact resume).
+        factor = functools.partial(
+            lr_factor,
+            warmup=cfg["warmup_iters"],
+            schedule=cfg["scheduler"],
+            total=self.iters_per_epoch * cfg["epochs"],
+            step_every=cfg["lr_step"] * self.iters_per_epoch,
+            gamma=cfg["lr_gamma"],
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype is torch.float16
         )
@@ -623,20 +686,21 @@ class Trainer:
         return means
 
     @torch.no_grad()
-    def validate(self) -> dict:
-        """Official metrics on the fixed validation set, full-image inference (rank 0 only)."""
+    def validate(self, examples=None, tag: str = "val") -> dict:
+        """Official metrics on a fixed set (default: the validation set), full-image inference
+        (rank 0 only); panels of the first two images are tagged ``tag``."""
         from evaluate import evaluate_model, post_example_panel
 
         def panel(i, example, alpha_u8, row):
             if self.viz is not None and i < 2:
                 post_example_panel(
-                    self.viz, self.iteration, f"val {i}", example, alpha_u8, self.stage > 1
+                    self.viz, self.iteration, f"{tag} {i}", example, alpha_u8, self.stage > 1
                 )
 
         self.model.eval()
         _, summary = evaluate_model(
             self.model,
-            self.val_examples,
+            self.val_examples if examples is None else examples,
             device=self.device,
             amp=None
             if self.amp_dtype is None
@@ -658,9 +722,9 @@ class Trainer:
                 self.init_message,
             )
             log.info(
-                "device %s, amp %s, channels_last %s, world size %d, %d iterations/epoch",
+                "device %s, precision %s, channels_last %s, world size %d, %d iterations/epoch",
                 self.device,
-                self.amp_dtype,
+                describe_amp(self.amp_dtype, self.device),
                 self.channels_last,
                 dist_utils.world_size(),
                 self.iters_per_epoch,
@@ -703,6 +767,13 @@ class Trainer:
                 **{f"train_{k}": v for k, v in train.items()},
                 **{f"val_{k}": v for k, v in summary.items() if isinstance(v, float)},
             }
+            real = None
+            every = self.cfg["real_val_every"]
+            if self.real_examples is not None and (
+                self.epoch % every == 0 or self.epoch == self.cfg["epochs"]
+            ):
+                real = self.validate(self.real_examples, tag="real")
+                record.update({f"real_{k}": v for k, v in real.items() if isinstance(v, float)})
             self.history.append(record)
             self.save("last.pt")
             if improved:
@@ -712,12 +783,18 @@ class Trainer:
                 f"loss {train.get('total', float('nan')):.4f} | "
                 f"val SAD {summary['sad']:.3f} MSE {summary['mse']:.4f} "
                 f"Grad {summary['grad']:.3f} Conn {summary['conn']:.3f} (/1000 units) | "
-                f"{train['samples_per_s']:.1f} samples/s" + (" | best" if improved else "")
+                f"{train['samples_per_s']:.1f} samples/s"
+                + (f" | real SAD {real['sad']:.3f}" if real else "")
+                + (" | best" if improved else "")
             )
             log.info(line)
             self.viz.scalars(
                 self.iteration, {k: summary[k] for k in ("sad", "mse", "grad", "conn")}, "val"
             )
+            if real is not None:
+                self.viz.scalars(
+                    self.iteration, {k: real[k] for k in ("sad", "mse", "grad", "conn")}, "real"
+                )
             self.viz.text("epochs", line)
         dist_utils.barrier()
         return summary

@@ -61,7 +61,9 @@ def naive_sample(fg_path, alpha_path, bg_path, rng: np.random.Generator, out_siz
     ys, xs = np.nonzero(trimap == 128)
     c = int(rng.choice(compose.default_crop_sizes(out_size)))
     k = int(rng.integers(len(ys))) if len(ys) else 0
-    y0, x0 = compose.crop_origin((int(ys[k]), int(xs[k])) if len(ys) else (h // 2, w // 2), c)
+    c = compose.fit_crop(c, (h, w))
+    centre = (int(ys[k]), int(xs[k])) if len(ys) else (h // 2, w // 2)
+    y0, x0 = compose.crop_origin(centre, c, (h, w))
     out = []
     for arr in (fgf, bg, merged, a[..., 0]):
         out.append(compose.resize_to(compose.crop_padded(arr, y0, x0, c, c), out_size))

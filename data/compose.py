@@ -6,13 +6,16 @@ Every random choice takes an ``np.random.Generator`` argument, so a sample is a 
 * images are (H, W, 3) uint8 RGB; alpha mattes (H, W) uint8 0-255 unless a name says ``01``
   (float32 in [0, 1]); trimaps (H, W) uint8 in {0, 128, 255};
 * coordinates are (row, col) = (y, x) in pixels; a crop "box" is its top-left corner
-  (y0, x0), which may be negative or run past the image: the outside is zero-padded.
+  (y0, x0). Training crops always lie inside the image (:func:`crop_origin`); the generic
+  :func:`crop_padded` also accepts windows that run past it and zero-pads the outside.
 
 One training sample (:func:`make_sample`), following the paper (REFERENCE.md section 1):
 
-1. crop size drawn from ``crop_sizes``;
-2. crop centred on a random unknown pixel (0 < alpha < 255; the hard edge of a binary matte
-   when there is none; anywhere when the matte is constant), zero padding outside;
+1. crop size drawn from ``crop_sizes``, capped at the image's short side (:func:`fit_crop`);
+2. crop placed around a random unknown pixel (0 < alpha < 255; the hard edge of a binary matte
+   when there is none; anywhere when the matte is constant): centred on it, or shifted just
+   enough to stay inside the image near a border (:func:`crop_origin`). No training sample
+   contains padding: zeros would teach the network a black "background" no photo has;
 3. trimap of the crop from the alpha: foreground (alpha == 255) eroded and non-zero region
    dilated by discs of random size k in ``k_range``; unknown = 128;
 4. background: upscaled (only when smaller than the foreground) as the official
@@ -177,10 +180,26 @@ def pick_centre(
     return y, x
 
 
-def crop_origin(centre: tuple[int, int], size: int) -> tuple[int, int]:
-    """Top-left (y0, x0) of the ``size`` x ``size`` crop whose pixel (size//2, size//2) is
-    ``centre``. May be negative or past the image: :func:`crop_padded` pads, never shifts."""
-    return centre[0] - size // 2, centre[1] - size // 2
+def fit_crop(size: int, shape: tuple[int, ...]) -> int:
+    """The crop side cut from an image of ``shape`` (H, W[, C]): ``size``, or the short side
+    when the image is smaller. The crop is resized to the output size anyway, so a smaller
+    crop is just a different scale, where a padded one would hold rows of zeros."""
+    return max(1, min(size, shape[0], shape[1]))
+
+
+def crop_origin(centre: tuple[int, int], size: int, shape: tuple[int, ...]) -> tuple[int, int]:
+    """Top-left (y0, x0) of the ``size`` x ``size`` window around ``centre`` in an image of
+    ``shape`` (H, W[, C]): centred on it (pixel (size//2, size//2) is ``centre``) where that
+    fits, else shifted just enough to lie inside the image, so ``centre`` is still inside the
+    window. Along a side shorter than ``size`` the window is centred on the image (the only
+    case that needs :func:`crop_padded`'s padding; :func:`fit_crop` avoids it)."""
+    origin = []
+    for c, n in zip(centre, shape[:2], strict=True):
+        if size <= n:
+            origin.append(min(max(c - size // 2, 0), n - size))
+        else:
+            origin.append((n - size) // 2)
+    return origin[0], origin[1]
 
 
 def crop_padded(
@@ -435,11 +454,11 @@ def make_sample(
     """
     H, W = fga.shape[:2]
     sizes = tuple(crop_sizes) if crop_sizes else default_crop_sizes(out_size)
-    c = int(sizes[int(rng.integers(len(sizes)))])
+    c = fit_crop(int(sizes[int(rng.integers(len(sizes)))]), (H, W))
     if candidates is None:
         candidates = unknown_candidates(fga[..., 3])
     centre = pick_centre(candidates, (H, W), rng)
-    y0, x0 = crop_origin(centre, c)
+    y0, x0 = crop_origin(centre, c, (H, W))
     ke, kd = draw_kernel_sizes(rng, k_range)
     window = random_window(fitted_size(bg.shape[:2], (H, W)), (H, W), rng)
     flipped = bool(rng.random() < flip_p)

@@ -74,6 +74,29 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # Random-stream keys: one independent stream per (kind, index).
 _K_TRAIN_FG, _K_BG, _K_VAL_FG, _K_TEST_FG, _K_EVAL_BG, _K_PALETTE, _K_TRIMAP = range(1, 8)
+_K_PHOTO_BG = 8
+# Photographs that scikit-image ships inside its wheel (skimage/data/), used by default as
+# training backgrounds and foreground textures: real image statistics (sensor noise, JPEG,
+# defocus, natural edges) that procedural textures lack. Read as files; skimage is never
+# imported and nothing is downloaded.
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "camera.png",
+    "coins.png",
+    "page.png",
+)
+# Share of training backgrounds cut from the photographs (the rest stay procedural).
+PHOTO_BG_SHARE = 0.6
 # Each foreground leads with one kind of hard structure (index modulo 4), plus random extras.
 PRIMARY = ("hair", "transparent", "lace", "soft")
 
@@ -152,6 +175,43 @@ def _blend_field(rng, h, w, colours: np.ndarray, cells=(2, 4, 8)) -> np.ndarray:
         m = _smoothstep(_noise(rng, h, w, cells), rng.uniform(0.2, 0.5), rng.uniform(0.55, 0.9))
         out += m[..., None] * (c - out)
     return out
+
+
+def _read_photo(path: str | os.PathLike) -> np.ndarray:
+    """A photograph as uint8 RGB (h, w, 3); grey files come back with 3 equal channels."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"--photo-dir: cannot read image {path} (corrupt or not an image?)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def photo_crop(rng: np.random.Generator, photo: np.ndarray, h: int, w: int, palette: np.ndarray):
+    """A random view of ``photo`` as float32 (h, w, 3) 0-255: a crop of 35-100 % of the
+    photo's side with the target aspect, flipped at random, resized to (h, w); a grey photo
+    is coloured by a gradient map through two ``palette`` colours; colour gains, a
+    saturation change and sometimes a defocus blur (backgrounds behind a subject are often
+    out of focus) make many backgrounds out of one photo."""
+    ph, pw = photo.shape[:2]
+    scale = rng.uniform(0.35, 1.0)
+    ch = min(ph, max(8, round(scale * min(ph, pw * h / w))))
+    cw = min(pw, max(8, round(ch * w / h)))
+    y0, x0 = int(rng.integers(ph - ch + 1)), int(rng.integers(pw - cw + 1))
+    crop = photo[y0 : y0 + ch, x0 : x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    interp = cv2.INTER_AREA if ch > h else cv2.INTER_CUBIC
+    img = cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=interp).astype(np.float32)
+    if np.ptp(img[..., 0] - img[..., 1]) < 1 and np.ptp(img[..., 1] - img[..., 2]) < 1:
+        c0, c1 = palette[rng.choice(len(palette), 2, replace=False)]
+        t = img[..., :1] / 255.0
+        img = c0 * (1.0 - t) + c1 * t
+    else:
+        grey = img.mean(axis=2, keepdims=True)
+        img = grey + rng.uniform(0.6, 1.3) * (img - grey)
+        img *= rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    if rng.random() < 0.5:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 6.0))
+    return np.clip(img, 0, 255)
 
 
 def _down(canvas: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -491,12 +551,20 @@ def _soften(rng, layers: _Layers, strength: float) -> None:
 
 
 def make_foreground(
-    rng: np.random.Generator, h: int, w: int, palette: np.ndarray, primary: str
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    palette: np.ndarray,
+    primary: str,
+    photo: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One foreground object: (fg uint8 (h, w, 3) RGB, alpha uint8 (h, w) 0-255).
 
     ``primary`` (one of PRIMARY) is always present; the other structures are added at random.
-    ``palette`` (5, 3) is used for the colours, so they can match a background's.
+    ``palette`` (5, 3) is used for the colours, so they can match a background's. With a
+    ``photo`` (uint8 RGB) the body is textured by a view of it half of the time. Without
+    one, the random stream is consumed exactly as before photos existed, so the stored
+    validation and test composites do not change.
     """
     layers = _Layers(h, w)
     colours = palette[rng.permutation(len(palette))]
@@ -525,7 +593,11 @@ def make_foreground(
             side * rng.uniform(0.1, 0.18),
         )
         body = _fill_poly([_blob_polygon(rng, cx, cy, r)], w, h)
-    layers.over(_texture(rng, h, w, colours), body)
+    if photo is not None and rng.random() < 0.5:
+        texture = photo_crop(rng, photo, h, w, colours)
+    else:
+        texture = _texture(rng, h, w, colours)
+    layers.over(texture, body)
     if primary == "lace" or rng.random() < 0.25:
         _add_lace(rng, layers, h, w, colours, body)
     if primary == "transparent" or rng.random() < 0.25:
@@ -619,13 +691,20 @@ def _fit_bg(bg: np.ndarray, w: int, h: int) -> np.ndarray:
 
 def _job(args: tuple) -> str:
     """One unit of work, run in a worker process: writes its files under ``tmp``."""
-    kind, i, seed, sizes_d, tmp, user_bgs = args
+    kind, i, seed, sizes_d, tmp, user_bgs, photos = args
     sizes, tmp = Sizes(**sizes_d), Path(tmp)
     if kind == "bg":
         rng = _rng(seed, _K_BG, i)
+        prng = _rng(seed, _K_PHOTO_BG, i)
         if user_bgs:
             train_bgs, _ = _split_user_bgs(user_bgs)
             img = _load_user_bg(Path(train_bgs[i % len(train_bgs)]), sizes.bg_size[1])
+        elif photos and prng.random() < PHOTO_BG_SHARE:
+            photo = _read_photo(photos[int(prng.integers(len(photos)))])
+            h, w = _side(prng, sizes.bg_size), _side(prng, sizes.bg_size)
+            img = photo_crop(prng, photo, h, w, _palette(seed, 0, i))
+            img += prng.uniform(0.5, 3.0) * prng.standard_normal((h, w, 1), dtype=np.float32)
+            img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
         else:
             img = make_background(
                 rng, _side(rng, sizes.bg_size), _side(rng, sizes.bg_size), _palette(seed, 0, i)
@@ -638,7 +717,8 @@ def _job(args: tuple) -> str:
         # About a third of the foregrounds take the colours of one of their own backgrounds.
         pal_j = (i * sizes.bg_per_fg + int(rng.integers(sizes.bg_per_fg))) % max(sizes.n_bg, 1)
         pal = _palette(seed, 0, pal_j) if rng.random() < 0.35 else _palette(seed, 1, i)
-        fg, alpha = make_foreground(rng, h, w, pal, PRIMARY[i % len(PRIMARY)])
+        photo = _read_photo(photos[i % len(photos)]) if photos else None
+        fg, alpha = make_foreground(rng, h, w, pal, PRIMARY[i % len(PRIMARY)], photo)
         _write(tmp / "fg" / f"fg_{i:04d}.png", fg)
         _write(tmp / "alpha" / f"fg_{i:04d}.png", alpha)
         return "fg"
@@ -690,8 +770,11 @@ def generate(
     bg_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = True,
+    photo_dir: str | os.PathLike | None = "auto",
 ) -> Path:
     """Generate the whole set into the (new or empty) folder ``out``; returns it.
+
+    ``photo_dir``: photographs for training backgrounds and textures (:func:`list_photos`).
 
     Writes ``meta.json`` and then the ``COMPLETE`` marker last. Not atomic by itself:
     :func:`ensure_synthetic` generates into a temporary folder and renames it.
@@ -702,6 +785,7 @@ def generate(
     sizes = sizes or Sizes()
     out = Path(out)
     user_bgs = _list_user_bgs(bg_dir) if bg_dir else []
+    photos = [str(p) for p in list_photos(photo_dir)]
     dirs = ["fg", "alpha", "bg"] + [
         f"{s}/{d}" for s in ("val", "test") for d in ("merged", "alpha_copy", "trimaps", "fg", "bg")
     ]
@@ -711,10 +795,11 @@ def generate(
     sd = asdict(sizes)
     user = [str(p) for p in user_bgs]
     # Longest jobs (one evaluation foreground with all its composites) first: shorter tail.
-    jobs = [("test", i, seed, sd, str(out), user) for i in range(sizes.n_test_fg)]
-    jobs += [("val", i, seed, sd, str(out), user) for i in range(sizes.n_val_fg)]
-    jobs += [("fg", i, seed, sd, str(out), user) for i in range(sizes.n_train_fg)]
-    jobs += [("bg", j, seed, sd, str(out), user) for j in range(n_bg)]
+    common = (seed, sd, str(out), user, photos)
+    jobs = [("test", i, *common) for i in range(sizes.n_test_fg)]
+    jobs += [("val", i, *common) for i in range(sizes.n_val_fg)]
+    jobs += [("fg", i, *common) for i in range(sizes.n_train_fg)]
+    jobs += [("bg", j, *common) for j in range(n_bg)]
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, workers)
     bar = tqdm(total=len(jobs), desc="synthetic data", unit="item", disable=not progress)
     with bar:
@@ -743,6 +828,7 @@ def generate(
         "seed": int(seed),
         "sizes": sd,
         "bg_dir": str(Path(bg_dir).resolve()) if bg_dir else None,
+        "photos": [Path(p).name for p in photos],
         "counts": {
             "train_fg": sizes.n_train_fg,
             "bg": n_bg,
@@ -770,6 +856,40 @@ def _list_user_bgs(bg_dir: str | os.PathLike) -> list[Path]:
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise FileNotFoundError(f"--bg-dir {d}: no images ({', '.join(IMAGE_EXTS)}) found")
+    return files
+
+
+def skimage_photo_dir() -> Path | None:
+    """scikit-image's bundled data folder when the package is installed (not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return folder if folder.is_dir() else None
+
+
+def list_photos(photo_dir: str | os.PathLike | None = "auto") -> list[Path]:
+    """Photographs for training backgrounds and foreground textures, sorted.
+
+    ``"auto"``: the photographs scikit-image ships (:data:`SKIMAGE_PHOTOS`) when it is
+    installed, else none; ``None`` or ``"none"``: none (procedural textures only); a folder:
+    every image in it (FileNotFoundError when it is missing or holds no image).
+    """
+    if photo_dir is None or str(photo_dir) == "none":
+        return []
+    if str(photo_dir) == "auto":
+        folder = skimage_photo_dir()
+        if folder is None:
+            return []
+        return [folder / n for n in SKIMAGE_PHOTOS if (folder / n).is_file()]
+    d = Path(photo_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"--photo-dir {d}: not a folder")
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f"--photo-dir {d}: no images ({', '.join(IMAGE_EXTS)}) found")
     return files
 
 
@@ -820,15 +940,25 @@ def cache_base() -> Path:
     return Path(os.environ.get("DIM_CACHE_DIR") or REPO_ROOT / ".cache")
 
 
+def _files_key(files: list[Path]) -> str:
+    key = "\n".join(f"{p.resolve()}:{p.stat().st_size}" for p in files).encode()
+    return hashlib.sha1(key).hexdigest()[:8]
+
+
 def default_root(
-    seed: int = 0, sizes: Sizes | None = None, bg_dir: str | os.PathLike | None = None
+    seed: int = 0,
+    sizes: Sizes | None = None,
+    bg_dir: str | os.PathLike | None = None,
+    photo_dir: str | os.PathLike | None = "auto",
 ) -> Path:
-    """<cache>/synthetic/v{VERSION}-s{seed}-{tag}; ``bg_dir`` adds a hash of its file list."""
+    """<cache>/synthetic/v{VERSION}-s{seed}-{tag}; ``bg_dir`` and the photographs add a hash
+    of their file lists, so another folder (or scikit-image version) is another set."""
     tag = (sizes or Sizes()).tag()
     if bg_dir:
-        files = [f"{p.name}:{p.stat().st_size}" for p in _list_user_bgs(bg_dir)]
-        key = "\n".join([str(Path(bg_dir).resolve()), *files]).encode()
-        tag += "-u" + hashlib.sha1(key).hexdigest()[:8]
+        tag += "-u" + _files_key(_list_user_bgs(bg_dir))
+    photos = list_photos(photo_dir)
+    if photos:
+        tag += "-p" + _files_key(photos)
     return cache_base() / "synthetic" / f"v{VERSION}-s{seed}-{tag}"
 
 
@@ -869,6 +999,7 @@ def ensure_synthetic(
     *,
     force: bool = False,
     bg_dir: str | os.PathLike | None = None,
+    photo_dir: str | os.PathLike | None = "auto",
     workers: int | None = None,
     progress: bool = True,
     **sizes,
@@ -879,6 +1010,8 @@ def ensure_synthetic(
     sizes: fields of :class:`Sizes` (n_train_fg, n_bg, bg_per_fg, n_val_fg, val_per_fg,
         n_test_fg, test_per_fg, fg_size, bg_size, val_size, test_size); unknown names raise.
     bg_dir: a folder of the user's photos to use instead of the generated backgrounds.
+    photo_dir: photographs mixed into the training backgrounds and foreground textures
+        (:func:`list_photos`; default: the ones scikit-image ships).
 
     A folder that is complete for this VERSION, seed and sizes is reused untouched; a
     partial, corrupted or different one is regenerated (``force`` always regenerates).
@@ -890,7 +1023,7 @@ def ensure_synthetic(
     if unknown:
         raise TypeError(f"ensure_synthetic: unknown size(s) {sorted(unknown)}; see Sizes")
     sz = Sizes(**sizes)
-    root = Path(root) if root is not None else default_root(seed, sz, bg_dir)
+    root = Path(root) if root is not None else default_root(seed, sz, bg_dir, photo_dir)
     if not force and is_complete(root, seed, sz):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -907,7 +1040,15 @@ def ensure_synthetic(
                 shutil.rmtree(stale, ignore_errors=True)
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            generate(tmp, seed, sz, bg_dir=bg_dir, workers=workers, progress=progress)
+            generate(
+                tmp,
+                seed,
+                sz,
+                bg_dir=bg_dir,
+                workers=workers,
+                progress=progress,
+                photo_dir=photo_dir,
+            )
             if root.exists():
                 old = root.parent / f".{root.name}.tmp-old-{uuid.uuid4().hex[:8]}"
                 os.replace(root, old)
@@ -958,6 +1099,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="regenerate even if already complete")
     p.add_argument("--bg-dir", type=Path, default=None, help="use your own photos as backgrounds")
+    p.add_argument(
+        "--photo-dir",
+        default="auto",
+        help="photographs mixed into training backgrounds and textures: a folder, 'auto' "
+        "(the ones scikit-image ships, when installed) or 'none'",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default min(2, cores))")
     defaults = Sizes()
     for f in fields(Sizes):
@@ -978,6 +1125,7 @@ def main(argv: list[str] | None = None) -> Path:
             a.seed,
             force=a.force,
             bg_dir=a.bg_dir,
+            photo_dir=a.photo_dir,
             workers=a.workers,
             **{f.name: getattr(a, f.name) for f in fields(Sizes)},
         )

@@ -133,27 +133,44 @@ def test_unknown_candidates():
 
 @pytest.mark.parametrize("size", [32, 33, 64])
 def test_crop_is_centred_on_an_unknown_pixel(size):
-    """Before any resize, pixel (size//2, size//2) of the crop is the chosen unknown pixel,
-    also next to the border (the origin goes negative and the outside is zero-padded)."""
+    """Before any resize the crop holds the chosen unknown pixel, at its centre
+    (size//2, size//2) when that fits; near a border the window is shifted to stay inside the
+    image (never padded), and the pixel is still inside."""
     a = _alpha()
     cands = compose.unknown_candidates(a)
     for seed in range(40):
         cy, cx = compose.pick_centre(cands, a.shape, _rng(seed))
         assert 0 < a[cy, cx] < 255
-        y0, x0 = compose.crop_origin((cy, cx), size)
-        assert (y0, x0) == (cy - size // 2, cx - size // 2)
+        y0, x0 = compose.crop_origin((cy, cx), size, a.shape)
+        assert 0 <= y0 <= a.shape[0] - size and 0 <= x0 <= a.shape[1] - size
+        assert y0 <= cy < y0 + size and x0 <= cx < x0 + size
+        if size // 2 <= cy < a.shape[0] - (size - size // 2) + 1:
+            assert y0 == cy - size // 2
         crop = compose.crop_padded(a, y0, x0, size, size)
-        assert crop.shape == (size, size)
-        assert crop[size // 2, size // 2] == a[cy, cx]
-    # a corner pixel: origin negative, padding zero, centre kept
+        assert crop[cy - y0, cx - x0] == a[cy, cx]
+    # a corner pixel: the window is shifted to the corner, not padded
     a2 = np.zeros((20, 20), np.uint8)
     a2[0, 0] = 100
     (cy, cx) = compose.pick_centre(compose.unknown_candidates(a2), a2.shape, _rng(0))
     assert (cy, cx) == (0, 0)
-    y0, x0 = compose.crop_origin((cy, cx), 16)
-    assert y0 < 0 and x0 < 0
-    crop = compose.crop_padded(a2, y0, x0, 16, 16)
-    assert crop[8, 8] == 100 and crop[:8].sum() == 0 and crop[:, :8].sum() == 0
+    assert compose.crop_origin((cy, cx), 16, a2.shape) == (0, 0)
+    assert compose.crop_origin((19, 19), 16, a2.shape) == (4, 4)
+    # a window larger than the image is centred on it; fit_crop caps the size instead
+    assert compose.crop_origin((3, 3), 24, a2.shape) == (-2, -2)
+    assert compose.fit_crop(24, a2.shape) == 20 and compose.fit_crop(8, a2.shape) == 8
+
+
+def test_training_samples_never_contain_padding():
+    """Crops near the border and crops larger than the image: every pixel of the sample is
+    image content (a foreground that is nowhere black, a background that is nowhere black)."""
+    h, w = 40, 56
+    fg = np.full((h, w, 3), 200, np.uint8)
+    fga = np.dstack([fg, _alpha(h, w, 3)])
+    bg = np.full((30, 40, 3), 90, np.uint8)
+    for seed in range(30):
+        s = compose.make_sample(fga, bg, _rng(seed), out_size=32, crop_sizes=(32, 48, 64))
+        assert s.crop <= min(h, w)
+        assert s.fg.min() == 200 and s.bg.min() == 90, seed
 
 
 def test_pick_centre_without_candidates_is_anywhere():
@@ -284,7 +301,7 @@ def test_make_sample_matches_reference_pipeline():
         s2 = compose.make_sample(fga, bg, _rng(seed), **kw)  # no cache: computed per crop
         for name in ("fg", "bg", "alpha", "merged", "trimap"):
             np.testing.assert_array_equal(getattr(s, name), getattr(s2, name), err_msg=name)
-        y0, x0 = compose.crop_origin(s.centre, s.crop)
+        y0, x0 = compose.crop_origin(s.centre, s.crop, alpha.shape)
         tri = compose.crop_padded(_reference_trimap(alpha, *s.kernels), y0, x0, s.crop, s.crop)
         tri = compose.resize_to(tri, 32, nearest=True)
         crop = compose.crop_padded(fga, y0, x0, s.crop, s.crop)

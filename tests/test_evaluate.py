@@ -162,7 +162,7 @@ def test_clear_errors(checkpoint, tmp_path, capsys):
     assert "not a Deep Image Matting checkpoint" in err(["--checkpoint", str(foreign)])
     msg = err(["--checkpoint", str(checkpoint), "--testset", str(tmp_path / "nowhere")])
     assert "does not exist" in msg and "nowhere" in msg
-    msg = err(["--checkpoint", str(checkpoint), "--device", "cpu", "--amp", "bf16"])
+    msg = err(["--checkpoint", str(checkpoint), "--device", "cpu", "--amp", "fp16"])
     assert "needs a CUDA device" in msg
     assert "go together" in err(["--method", "trimap-only", "--images", str(tmp_path)])
     assert "drop --checkpoint" in err(["--pred-dir", str(tmp_path), "--checkpoint", "x.pt"])

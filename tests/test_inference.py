@@ -9,6 +9,7 @@ from torch import nn
 
 from data import layout
 from models.py_encoder_decoder import DIM
+from utils import device as device_mod
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.device import check_amp
 from utils.inference import (
@@ -91,11 +92,20 @@ def test_exact_overlap_per_architecture():
     assert exact_overlap(DIM(refine=False).config) == 224
 
 
-def test_amp_is_rejected_on_cpu():
-    assert check_amp(None, torch.device("cpu")) is None
-    assert check_amp("off", torch.device("cpu")) is None
+def test_amp_on_cpu_is_bf16_or_off(monkeypatch):
+    cpu = torch.device("cpu")
+    assert check_amp(None, cpu) is None
+    assert check_amp("off", cpu) is None
+    assert check_amp("bf16", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        check_amp("bf16", torch.device("cpu"))
+        check_amp("fp16", cpu)
+    # auto follows the CPU's bf16 support, and says so when it stays float32
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    assert check_amp("auto", cpu) is torch.bfloat16
+    assert "bf16" in device_mod.describe_amp(torch.bfloat16, cpu)
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    assert check_amp("auto", cpu) is None
+    assert "no native bf16" in device_mod.describe_amp(None, cpu)
     with pytest.raises(ValueError, match="expected one of"):
         check_amp("int8", torch.device("cuda"))
     image, trimap = random_inputs(32, 32)

@@ -294,3 +294,38 @@ def test_closed_form_beats_trimap_only(small_set):
     res = evaluate_set(examples, ["trimap_only", "closed_form"], max_images=4)["methods"]
     assert res["closed_form"]["failures"] == 0
     assert res["closed_form"]["sad"] < 0.6 * res["trimap_only"]["sad"]
+
+
+def test_photographs_feed_training_only_and_leave_eval_splits_unchanged(tmp_path):
+    """--photo-dir: some training backgrounds are views of the photographs, the validation
+    and test composites are byte-identical to a set made without photographs (so numbers
+    measured on them stay comparable), and the cache key follows the folder."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        img = np.zeros((160, 200, 3), np.uint8)
+        img[:, :, i] = 200  # a pure red / pure green photograph: easy to recognise
+        img[:, :, 2] = rng.integers(0, 40, (160, 200), dtype=np.uint8)
+        cv2.imwrite(str(photos / f"p{i}.png"), img)
+    with_photos = _gen(tmp_path / "a", photo_dir=photos, n_bg=12)
+    without = _gen(tmp_path / "b", photo_dir="none", n_bg=12)
+    meta = json.loads((with_photos / "meta.json").read_text())
+    assert meta["photos"] == ["p0.png", "p1.png"]
+    for split in ("val", "test"):
+        files = sorted(p.relative_to(with_photos) for p in (with_photos / split).rglob("*.png"))
+        assert files
+        for f in files:
+            assert (with_photos / f).read_bytes() == (without / f).read_bytes(), f
+    # A background cut from these photographs is strongly red or green against blue.
+    from_photo = 0
+    for p in sorted((with_photos / "bg").iterdir()):
+        r, g, b = _rgb(p).astype(np.float32).mean(axis=(0, 1))
+        from_photo += int(max(r, g) - b > 60)
+    assert 2 <= from_photo < 12, from_photo
+    assert synthetic.default_root(0, photo_dir=photos) != synthetic.default_root(
+        0, photo_dir="none"
+    )
+    with pytest.raises(FileNotFoundError, match="--photo-dir"):
+        synthetic.list_photos(tmp_path / "missing")
+    assert synthetic.list_photos("none") == []

@@ -143,7 +143,10 @@ def add_inference_args(parser) -> None:
     """Add the inference flags every CLI shares (evaluate.py, predict.py): device, AMP, tiles."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     parser.add_argument(
-        "--amp", choices=("off", "auto", "bf16", "fp16"), default="off", help="CUDA only"
+        "--amp",
+        choices=("off", "auto", "bf16", "fp16"),
+        default="off",
+        help="autocast for inference: bf16 (CUDA or CPU) or fp16 (CUDA); off keeps float32",
     )
     parser.add_argument(
         "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
@@ -220,7 +223,7 @@ def predict_alpha(
         image_u8: RGB (H, W, 3) uint8 (or float 0-255).
         trimap_u8: (H, W) uint8 with 0 = background, 128 = unknown, 255 = foreground.
         device: where to run; None = where the model's parameters are.
-        amp: None/"off", or "bf16"/"fp16" autocast (CUDA only; a clear ValueError elsewhere).
+        amp: None/"off", or "bf16" (CUDA or CPU) / "fp16" (CUDA) autocast; ValueError elsewhere.
         tile: core size in px for tiled inference (rounded up to a multiple of 32); None =
             whole image (unless ``max_side`` asks for tiling).
         overlap: context added around each tile, px (rounded up to a multiple of 32);

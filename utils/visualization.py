@@ -450,7 +450,7 @@ class Visualizer:
         curve_every: int = 50,
         tile: int = 160,
         timeout_s: float = 5.0,
-        marker_groups: Sequence[str] = ("val",),
+        marker_groups: Sequence[str] = ("val", "real"),
     ):
         self.run_dir = Path(run_dir)
         (self.run_dir / "panels").mkdir(parents=True, exist_ok=True)
