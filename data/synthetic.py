@@ -99,6 +99,12 @@ SKIMAGE_PHOTOS = (
 PHOTO_BG_SHARE = 0.6
 # Each foreground leads with one kind of hard structure (index modulo 4), plus random extras.
 PRIMARY = ("hair", "transparent", "lace", "soft")
+# Training foregrounds add "solid": opaque objects with complex outlines (foliage, twigs,
+# wicker) whose alpha is binary up to an anti-aliased edge. Most real photographs look like
+# that inside their unknown band; a set of only soft structure teaches the network to paint
+# every band grey. The stored validation and test splits keep PRIMARY, so their images (and
+# every number measured on them) do not change.
+TRAIN_PRIMARY = ("hair", "solid", "transparent", "solid", "lace", "soft")
 
 
 @dataclass(frozen=True)
@@ -395,6 +401,46 @@ def _contour_points(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pts, nrm
 
 
+def solid_shape(rng, h: int, w: int, s: int = SUPERSAMPLE) -> np.ndarray:
+    """An opaque object with a complex outline: coverage float32 (h, w) in [0, 1], 1 inside
+    and a 1-2 px anti-aliased edge. Foliage (leaves on stems around a crown), twigs and wicker
+    (thick crossing curves with holes between them), or a blob with cut-out holes."""
+    canvas = np.zeros((h * s, w * s), np.uint8)
+    side = min(h, w)
+    cx, cy = w * rng.uniform(0.35, 0.65), h * rng.uniform(0.35, 0.65)
+    radius = side * rng.uniform(0.25, 0.42)
+    kind = rng.integers(3)
+    if kind == 0:  # foliage
+        for _ in range(rng.integers(25, 90)):
+            ang, dist = rng.uniform(0, 2 * np.pi), radius * np.sqrt(rng.uniform(0.05, 1.0))
+            px, py = cx + dist * np.cos(ang), cy + dist * np.sin(ang)
+            length = side * rng.uniform(0.04, 0.14)
+            width = length * rng.uniform(0.15, 0.45)
+            tilt = np.degrees(ang) + rng.normal(0, 35)
+            centre, axes = (int(px * s), int(py * s)), (int(length * s), int(width * s))
+            cv2.ellipse(canvas, centre, axes, tilt, 0, 360, 255, -1, cv2.LINE_AA)
+            stem = (np.array([[cx, cy], [px, py]]) * s).astype(np.int32)
+            thick = max(1, int(side * s * rng.uniform(0.004, 0.01)))
+            cv2.polylines(canvas, [stem], False, 255, thick, cv2.LINE_AA)
+    elif kind == 1:  # twigs and wicker: thick curves crossing inside a round region
+        for _ in range(rng.integers(6, 22)):
+            a0 = rng.uniform(0, 2 * np.pi)
+            t = np.linspace(0, rng.uniform(1.5, 4.0), 24)
+            r = radius * (0.55 + 0.45 * np.sin(t * rng.uniform(0.5, 2.0) + rng.uniform(0, 6)))
+            pts = np.stack([cx + r * np.cos(a0 + t), cy + r * np.sin(a0 + t)], 1) * s
+            thick = max(s, int(side * s * rng.uniform(0.012, 0.04)))
+            cv2.polylines(canvas, [pts.astype(np.int32)], False, 255, thick, cv2.LINE_AA)
+    else:  # a solid blob with holes of many sizes
+        blob = _blob_polygon(rng, cx, cy, radius, rough=0.35) * s
+        cv2.fillPoly(canvas, [blob.astype(np.int32)], 255, cv2.LINE_AA)
+        for _ in range(rng.integers(4, 30)):
+            hx, hy = cx + rng.normal(0, radius / 2), cy + rng.normal(0, radius / 2)
+            hr = side * rng.uniform(0.01, 0.06)
+            hole = _blob_polygon(rng, hx, hy, hr, n=32, rough=0.3) * s
+            cv2.fillPoly(canvas, [hole.astype(np.int32)], 0, cv2.LINE_AA)
+    return _down(canvas, w, h)
+
+
 def _add_hair(rng, layers: _Layers, body: np.ndarray, base: np.ndarray, amount: float):
     """Hair or fur grown from the body outline, in 2-3 opacity layers, over the body."""
     h, w = body.shape
@@ -584,6 +630,8 @@ def make_foreground(
         )
         polys.append(_blob_polygon(rng, cx, cy, r))
     body = _fill_poly(polys, w, h)
+    if primary == "solid":
+        body = solid_shape(rng, h, w)
     if primary == "transparent" and rng.random() < 0.5:
         # Mostly the semi-transparent material (a glass, a puff of smoke) with a small
         # opaque part, so every trimap keeps a definite-foreground region.
@@ -718,7 +766,7 @@ def _job(args: tuple) -> str:
         pal_j = (i * sizes.bg_per_fg + int(rng.integers(sizes.bg_per_fg))) % max(sizes.n_bg, 1)
         pal = _palette(seed, 0, pal_j) if rng.random() < 0.35 else _palette(seed, 1, i)
         photo = _read_photo(photos[i % len(photos)]) if photos else None
-        fg, alpha = make_foreground(rng, h, w, pal, PRIMARY[i % len(PRIMARY)], photo)
+        fg, alpha = make_foreground(rng, h, w, pal, TRAIN_PRIMARY[i % len(TRAIN_PRIMARY)], photo)
         _write(tmp / "fg" / f"fg_{i:04d}.png", fg)
         _write(tmp / "alpha" / f"fg_{i:04d}.png", alpha)
         return "fg"

@@ -329,3 +329,14 @@ def test_photographs_feed_training_only_and_leave_eval_splits_unchanged(tmp_path
     with pytest.raises(FileNotFoundError, match="--photo-dir"):
         synthetic.list_photos(tmp_path / "missing")
     assert synthetic.list_photos("none") == []
+
+
+def test_solid_training_structure_is_opaque_with_thin_edges():
+    """The training-only "solid" structure: mostly exactly 0 or 1, fractional only along a
+    thin anti-aliased edge, and never empty; each kind (foliage, twigs, holes) is drawn."""
+    for seed in range(6):
+        cov = synthetic.solid_shape(np.random.default_rng(seed), 400, 440)
+        inside, frac = (cov >= 0.999).mean(), ((cov > 0.001) & (cov < 0.999)).mean()
+        assert 0.05 < inside < 0.9, (seed, inside)
+        assert frac < 0.25 * inside, (seed, frac, inside)
+    assert set(synthetic.PRIMARY) < set(synthetic.TRAIN_PRIMARY)
