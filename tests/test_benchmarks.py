@@ -195,3 +195,31 @@ def test_quick_suite_writes_the_json_schema(tmp_path):
         assert "error" not in r, r
         if "skipped" not in r:
             assert is_positive(r["ms_per_mpx"]) and is_positive(r["peak_rss_mb"])
+
+
+def test_recipe_table_and_curves(tmp_path):
+    """bench_recipes: the table has SAD/MSE/Grad/Conn per test set (a dash where a set was
+    not scored), and the curves of several stages share one iteration axis."""
+    from benchmarks import bench_recipes as br
+    from utils.checkpoint import save_checkpoint
+
+    m = {"n": 2, "sad": 12.345, "mse": 0.01234, "grad": 3.0, "conn": 4.0}
+    md = br.table([("closed-form", "–", {"real Trimap1": m}), ("stage 1", "30", {})],
+                  ["real Trimap1"])  # fmt: skip
+    assert "real Trimap1 SAD" in md and "12.35" in md and "0.0123" in md
+    assert md.splitlines()[-1].count("–") == 4
+    for stage, best_it in ((1, 20), (2, 10)):
+        folder = tmp_path / f"stage{stage}"
+        folder.mkdir()
+        lines = [
+            {"group": "loss", "step": 10, "values": {"total": 0.3 / stage}},
+            {"group": "val", "step": 10, "values": {"sad": 9.0 / stage}},
+            {"group": "real", "step": 10, "values": {"sad": 20.0 / stage}},
+        ]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        save_checkpoint(folder / "best.pt", {"model": {}, "model_config": {}, "iteration": best_it})
+    curves = br.recipe_curves(tmp_path, [1, 2])
+    assert curves["training loss"]["stage 1"] == [(10, 0.3)]
+    assert curves["training loss"]["stage 2"] == [(30, 0.15)], "stage 2 starts at stage 1's best"
+    assert curves["real-photo SAD"]["stage 2"] == [(30, 10.0)]
+    assert set(br.RECIPES) == {"main", "long"} and all(r for r in br.RECIPES.values())
