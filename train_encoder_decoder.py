@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--real-val-trimap", default="Trimap1", help="trimap set of an alphamatting.com folder"
     )
     g.add_argument("--crop-size", type=int, default=None, help="training crop side (preset)")
+    g.add_argument(
+        "--photo-dir",
+        default="auto",
+        help="built-in set only: photographs mixed into its training backgrounds and textures "
+        "(a folder; 'auto': the ones scikit-image ships; 'none')",
+    )
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     g.add_argument(
         "--no-bg-cache",
@@ -357,6 +363,7 @@ class Trainer:
             cache_dir=cfg["cache_dir"],
             cache_backgrounds=not cfg["no_bg_cache"],
             progress=self.main,
+            photo_dir=cfg["photo_dir"],
         )
         if self.main:
             dist_utils.barrier()

@@ -193,12 +193,15 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 # --- train/val convenience -------------------------------------------------------------------
-def _synthetic_root() -> Path | None:
+def _synthetic_root(photo_dir: PathLike | None = "auto") -> Path | None:
     if importlib.util.find_spec("data.synthetic") is None:
         return None
     from data.synthetic import ensure_synthetic
 
-    return ensure_synthetic()
+    try:
+        return ensure_synthetic(photo_dir=photo_dir)
+    except (FileNotFoundError, ValueError) as e:  # a bad --photo-dir or --bg-dir
+        raise DataSourceError(str(e)) from e
 
 
 def build_train_val(
@@ -225,6 +228,7 @@ def build_train_val(
     cache_backgrounds: bool = True,
     workers: int | None = None,
     progress: bool = True,
+    photo_dir: PathLike | None = "auto",
 ) -> tuple[AdobeDataset, ExampleSet | None]:
     """Training dataset and fixed validation examples from one data folder.
 
@@ -236,12 +240,13 @@ def build_train_val(
     split (``val_fraction``, ``split_seed``; no foreground in both) and ``val_n`` held-out
     composites (output-size crops, or whole images with ``val_full_size``) are written once
     under ``<cache_dir>/valsets/`` and reused. Returns (train dataset, validation examples
-    or None when val_fraction = 0 and no validation folder exists).
+    or None when val_fraction = 0 and no validation folder exists). ``photo_dir``: the
+    built-in set's photographs (``data.synthetic.list_photos``; "synthetic" only).
     """
     found_val = None
     if root is not None:
         if str(root) == "synthetic":
-            root = _synthetic_root()
+            root = _synthetic_root(photo_dir)
             if root is None:
                 raise DataSourceError("the built-in synthetic set (data/synthetic.py) is missing")
         lay = find_layout(root, bg_dir)

@@ -293,3 +293,10 @@ def test_bad_data_root_and_init_file_are_clean_errors(tmp_path, caplog):
     junk.write_text("not a checkpoint")
     assert tr.main(["--stage", "2", "--init", str(junk), "--runs-dir", str(tmp_path)]) == 2
     assert str(junk) in caplog.text and "CheckpointError" in caplog.text
+
+
+def test_bad_photo_dir_is_a_clean_error(tmp_path, caplog):
+    missing = tmp_path / "no_photos"
+    argv_ = ["--stage", "1", "--photo-dir", str(missing), "--runs-dir", str(tmp_path)]
+    assert tr.main(argv_) == 2
+    assert "--photo-dir" in caplog.text and str(missing) in caplog.text
