@@ -35,9 +35,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # repo root
 
-import cv2
 import numpy as np
 
+from data import compose
 from utils.image_io import ImageReadError, read_gray, read_rgb, write_png
 from utils.inference import add_inference_args
 
@@ -103,15 +103,6 @@ def pair_inputs(image: str | Path, trimap: str | Path) -> list[Job]:
     return [Job(n, p, trimaps[n]) for n, p in images.items()]
 
 
-def snap_trimap(trimap: np.ndarray) -> np.ndarray:
-    """Map every value to the nearest of 0 / 128 / 255 (< 64 -> 0, > 191 -> 255, else 128)."""
-    t = np.asarray(trimap)
-    out = np.full(t.shape, 128, np.uint8)
-    out[t < 64] = 0
-    out[t > 191] = 255
-    return out
-
-
 def check_trimap(trimap: np.ndarray, path: str | Path) -> None:
     """Raise :class:`InputError` explaining a trimap that is not purely 0/128/255."""
     values, counts = np.unique(trimap, return_counts=True)
@@ -150,7 +141,7 @@ def read_inputs(job: Job, snap: bool = False) -> tuple[np.ndarray, np.ndarray]:
             "(resize the trimap with nearest-neighbour interpolation)"
         )
     if snap:
-        trimap = snap_trimap(trimap)
+        trimap = compose.quantize_trimap(trimap)
     else:
         check_trimap(trimap, job.trimap)
     if not (trimap == 128).any():
@@ -176,28 +167,17 @@ def estimate_foreground(image_u8: np.ndarray, alpha: np.ndarray, method: str = "
     return np.clip(fg, 0.0, 1.0).astype(np.float32)
 
 
-def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Scale ``background`` (H', W', 3) to cover (height, width), then centre-crop it."""
-    bh, bw = background.shape[:2]
-    scale = max(height / bh, width / bw)
-    nh, nw = max(height, round(bh * scale)), max(width, round(bw * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(background, (nw, nh), interpolation=interp)
-    y0, x0 = (nh - height) // 2, (nw - width) // 2
-    return np.ascontiguousarray(resized[y0 : y0 + height, x0 : x0 + width])
-
-
 def cutout(fg01: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """RGBA uint8 (H, W, 4): colours ``fg01`` (H, W, 3) in [0, 1], alpha (H, W) in [0, 1]."""
     rgba = np.concatenate([fg01, alpha[..., None]], axis=2)
     return np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def composite(fg01: np.ndarray, alpha: np.ndarray, background_u8: np.ndarray) -> np.ndarray:
-    """alpha*F + (1-alpha)*B as RGB uint8; F in [0, 1], B uint8 of the same size."""
-    a = alpha[..., None].astype(np.float32)
-    out = a * fg01 + (1.0 - a) * (background_u8.astype(np.float32) / 255.0)
-    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+def composite_on(fg01: np.ndarray, alpha: np.ndarray, background_u8: np.ndarray) -> np.ndarray:
+    """The cut-out over a new background, RGB uint8: compose.composite of F (in [0, 1], scaled
+    to 0-255) and the background, rounded."""
+    out = compose.composite(fg01 * np.float32(255.0), background_u8, alpha)
+    return np.round(np.clip(out, 0.0, 255.0)).astype(np.uint8)
 
 
 def matte(
@@ -218,7 +198,9 @@ def matte(
     fg = estimate_foreground(image, alpha, fg_method)
     out = {"alpha": np.round(alpha * 255.0).astype(np.uint8), "rgba": cutout(fg, alpha)}
     if background is not None:
-        out["composite"] = composite(fg, alpha, fit_background(background, *alpha.shape))
+        out["composite"] = composite_on(
+            fg, alpha, compose.cover_background(background, alpha.shape)
+        )
     return out
 
 

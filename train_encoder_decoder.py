@@ -20,6 +20,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -37,6 +38,7 @@ from utils import distributed as dist_utils
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.determinism import capture_rng_state, restore_rng_state, seed_everything
 from utils.device import check_amp, describe_amp, pick_device
+from utils.evaluation import evaluate_model
 from utils.image_io import ImageReadError
 
 log = logging.getLogger("train")
@@ -66,9 +68,34 @@ PRESETS = {
         skip="none",
     ),
 }
-# Loss weights per stage (w_alpha, w_comp): stage 2 trains the refine head with the alpha loss
-# only, as in the paper.
-STAGE_LOSS = {1: (0.5, 0.5), 2: (1.0, 0.0), 3: (0.5, 0.5)}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one stage of the paper's schedule means. The Trainer reads nothing else about
+    stages: change the schedule here."""
+
+    refine_head: bool  # the model has the refine head
+    trains: tuple[str, ...]  # DIM children that train; the others are frozen (no gradients,
+    # BatchNorm statistics fixed, absent from the optimiser)
+    loss_on: str  # "raw" or "refined": the alpha the loss sees
+    weights: tuple[float, float]  # (w_alpha, w_comp), before --w-alpha/--w-comp
+    starts_from: int | None  # the stage whose best.pt it starts from (None: VGG/random init)
+
+
+STAGES = {
+    # encoder-decoder, both losses, from ImageNet VGG16-BN (or random init)
+    1: Stage(False, ("encoder", "decoder"), "raw", (0.5, 0.5), None),
+    # the refine head alone on the alpha loss, on top of a fixed stage-1 network
+    2: Stage(True, ("refine_head",), "refined", (1.0, 0.0), 1),
+    # everything, fine-tuned with both losses on the refined alpha
+    3: Stage(True, ("encoder", "decoder", "refine_head"), "refined", (0.5, 0.5), 2),
+}
+
+
+class TrainerError(RuntimeError):
+    """A run cannot start or continue (bad flag, missing prerequisite, unusable checkpoint):
+    the message says what to do. ``main()`` turns it into one error line and exit status 2."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,13 +265,13 @@ def resolve_config(args: argparse.Namespace) -> dict:
     for key, value in PRESETS[cfg["dataset"]].items():
         if cfg.get(key) is None:
             cfg[key] = value
-    w_alpha, w_comp = STAGE_LOSS[args.stage]
+    w_alpha, w_comp = STAGES[args.stage].weights
     cfg["w_alpha"] = w_alpha if cfg["w_alpha"] is None else cfg["w_alpha"]
     cfg["w_comp"] = w_comp if cfg["w_comp"] is None else cfg["w_comp"]
     if cfg["crop_size"] % 32:
-        raise SystemExit(f"--crop-size {cfg['crop_size']} must be a multiple of 32")
+        raise TrainerError(f"--crop-size {cfg['crop_size']} must be a multiple of 32")
     if cfg["w_alpha"] < 0 or cfg["w_comp"] < 0 or cfg["w_alpha"] + cfg["w_comp"] == 0:
-        raise SystemExit("--w-alpha/--w-comp must be >= 0 and not both 0")
+        raise TrainerError("--w-alpha/--w-comp must be >= 0 and not both 0")
     return cfg
 
 
@@ -305,11 +332,12 @@ class Trainer:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.stage = cfg["stage"]
+        self.spec = STAGES[self.stage]
         try:
             self.device = pick_device(cfg["device"])
             self.amp_dtype = check_amp(cfg["amp"], self.device)
         except ValueError as e:
-            raise SystemExit(str(e)) from e
+            raise TrainerError(str(e)) from e
         ddp_device = dist_utils.init_distributed(self.device.type)
         if ddp_device is not None:
             self.device = ddp_device
@@ -368,7 +396,7 @@ class Trainer:
         if self.main:
             dist_utils.barrier()
         if val_examples is None:
-            raise SystemExit("no validation set: pass --val-dir (Composition-1k layout)")
+            raise TrainerError("no validation set: pass --val-dir (Composition-1k layout)")
         if cfg["val_limit"]:
             val_examples = [
                 val_examples[i] for i in range(min(cfg["val_limit"], len(val_examples)))
@@ -385,7 +413,7 @@ class Trainer:
             train_set, dist_utils.world_size(), dist_utils.rank(), cfg["seed"], cfg["batch_size"]
         )
         if self.iters_per_epoch == 0:
-            raise SystemExit(
+            raise TrainerError(
                 f"the training set has {len(train_set)} samples, fewer than one batch of "
                 f"{cfg['batch_size']} per process: lower --batch-size"
             )
@@ -410,15 +438,14 @@ class Trainer:
             fc6=cfg["fc6"],
             upsample=cfg["upsample"],
             skip=cfg["skip"],
-            refine=self.stage > 1,
+            refine=self.spec.refine_head,
             refine_add=cfg["refine_add"],
         )
         self.init_message = self._initialise(model)
-        if self.stage == 2:
-            # The encoder-decoder is truly frozen: no gradients, BN statistics fixed (eval
-            # mode in train_mode()), and absent from the optimiser.
-            for name, p in model.named_parameters():
-                p.requires_grad_(name.startswith("refine_head."))
+        # Frozen parts are truly frozen: no gradients, BN statistics fixed (eval mode in
+        # train_mode()), and absent from the optimiser.
+        for name, child in model.named_children():
+            child.requires_grad_(name in self.spec.trains)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -440,14 +467,14 @@ class Trainer:
         cfg = self.cfg
         if cfg["resume"]:
             return None, None
-        init = cfg["init"]
-        if init is None and self.stage > 1:
-            prev = self.run_dir / f"stage{self.stage - 1}" / "best.pt"
+        init, prev_stage = cfg["init"], self.spec.starts_from
+        if init is None and prev_stage is not None:
+            prev = self.run_dir / f"stage{prev_stage}" / "best.pt"
             if not prev.is_file():
-                raise SystemExit(
-                    f"stage {self.stage} starts from stage {self.stage - 1}'s best checkpoint, "
+                raise TrainerError(
+                    f"stage {self.stage} starts from stage {prev_stage}'s best checkpoint, "
                     f"but {prev} does not exist. Make it with:\n"
-                    f"  python train_encoder_decoder.py --stage {self.stage - 1} "
+                    f"  python train_encoder_decoder.py --stage {prev_stage} "
                     f"--run-name {cfg['run_name']} --runs-dir {cfg['runs_dir']}\n"
                     "or pass --init PATH."
                 )
@@ -465,14 +492,14 @@ class Trainer:
             missing, unexpected = model.load_state_dict(state["model"], strict=False)
             bad = [k for k in missing if not k.startswith("refine_head.")]
             if bad or unexpected:
-                raise SystemExit(
+                raise TrainerError(
                     f"--init {init}: its weights do not fit this model "
                     f"(missing {bad[:5]}, unexpected {list(unexpected)[:5]}); "
                     f"it was trained with {state['model_config']}"
                 )
             fresh = " (refine head freshly initialised)" if missing else ""
             return f"weights from {init} (stage {state.get('stage', '?')}){fresh}"
-        if self.stage == 1:
+        if self.spec.starts_from is None:  # the ImageNet-initialised stage
             weights = cfg["vgg_weights"]
             if weights is None:
                 cached = vgg_hub_cache_file()
@@ -488,7 +515,7 @@ class Trainer:
             try:
                 report = load_vggbn(model, weights)
             except VGGWeightsError as e:
-                raise SystemExit(f"--vgg-weights: {e}") from e
+                raise TrainerError(f"--vgg-weights: {e}") from e
             return f"ImageNet VGG16-BN encoder ({report.summary()})"
         return "random init"
 
@@ -574,13 +601,13 @@ class Trainer:
         path = self.cfg["resume"]
         path = self.stage_dir / "last.pt" if path == "auto" else Path(path)
         if not path.is_file():
-            raise SystemExit(
+            raise TrainerError(
                 f"--resume: {path} not found (nothing to resume for run "
                 f"'{self.cfg['run_name']}' stage {self.stage}); drop --resume to start afresh"
             )
         state = load_checkpoint(path, map_location=self.device)
         if state.get("stage") != self.stage:
-            raise SystemExit(
+            raise TrainerError(
                 f"--resume {path}: it is a stage {state.get('stage')} checkpoint, "
                 f"not stage {self.stage}"
             )
@@ -599,11 +626,10 @@ class Trainer:
     # ---- training -----------------------------------------------------------------------
     def train_mode(self) -> None:
         self.model.train()
-        if self.stage == 2:
-            # Frozen BN layers must not update their running statistics either.
-            for name, module in self.model.named_children():
-                if name != "refine_head":
-                    module.eval()
+        # Frozen BN layers must not update their running statistics either.
+        for name, module in self.model.named_children():
+            if name not in self.spec.trains:
+                module.eval()
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -617,7 +643,7 @@ class Trainer:
         label = label.to(self.device, non_blocking=non_blocking)
         with self._autocast():
             raw, refined = self.net(data)
-        pred = raw if self.stage == 1 else refined
+        pred = raw if self.spec.loss_on == "raw" else refined
         loss, parts = self.criterion(pred.float(), label)
         value = loss.item()
         if not math.isfinite(value):
@@ -700,12 +726,11 @@ class Trainer:
     def validate(self, examples=None, tag: str = "val") -> dict:
         """Official metrics on a fixed set (default: the validation set), full-image inference
         (rank 0 only); panels of the first two images are tagged ``tag``."""
-        from evaluate import evaluate_model, post_example_panel
 
         def panel(i, example, alpha_u8, row):
             if self.viz is not None and i < 2:
-                post_example_panel(
-                    self.viz, self.iteration, f"{tag} {i}", example, alpha_u8, self.stage > 1
+                self.viz.example_panel(
+                    self.iteration, f"{tag} {i}", example, alpha_u8, self.spec.refine_head
                 )
 
         self.model.eval()
@@ -713,9 +738,7 @@ class Trainer:
             self.model,
             self.val_examples if examples is None else examples,
             device=self.device,
-            amp=None
-            if self.amp_dtype is None
-            else ("bf16" if self.amp_dtype is torch.bfloat16 else "fp16"),
+            amp=self.amp_dtype,
             progress=False,
             on_result=panel,
         )
@@ -816,7 +839,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
     args = build_parser().parse_args(argv)
-    cfg = resolve_config(args)
+    try:
+        cfg = resolve_config(args)
+    except TrainerError as e:
+        log.error("%s", e)
+        return 2
     if dist_utils.rank() == 0 or not dist_utils.launched_by_torchrun():
         source = (
             "built-in synthetic set (no --data-root given)"
@@ -840,6 +867,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as e:
         log.error("%s", e)
         return 1
+    except TrainerError as e:
+        log.error("%s", e)
+        return 2
     except (DataSourceError, ImageReadError, CheckpointError, VGGWeightsError) as e:
         # Bad input (data folders, images, checkpoints, weights): the message names the file
         # and what to do; a traceback would only hide it.

@@ -27,79 +27,36 @@ import contextlib
 import io
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-import cv2
 import numpy as np
 
 from data.synthetic import ensure_synthetic
 from data.testsets import MattingExample, load_alphamatting, load_composition1k
-from utils.metrics import compute_all
+from utils import evaluation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "alphamatting_lowres_dev"
 METHODS = ("trimap_only", "zeros", "closed_form")
 QUICK_IMAGES, QUICK_SIDE = 4, 400
-
-
-# --- methods: (image uint8 (H,W,3) RGB, trimap uint8 (H,W)) -> alpha float32 (H,W) in [0,1]
-def _known(trimap: np.ndarray, unknown_value: float) -> np.ndarray:
-    out = np.full(trimap.shape, unknown_value, np.float32)
-    out[trimap == 0] = 0.0
-    out[trimap == 255] = 1.0
-    return out
-
-
-def trimap_only(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-    """0.5 everywhere in the unknown region."""
-    return _known(trimap, 0.5)
-
-
-def zeros(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-    """0 everywhere in the unknown region."""
-    return _known(trimap, 0.0)
-
-
-def closed_form(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-    """Closed-form matting (pymatting); known trimap pixels forced to 0/1."""
-    import pymatting  # lazy: numba compilation on first import
-
-    if not ((trimap == 0).any() and (trimap == 255).any()):
-        raise ValueError("closed-form matting needs both known foreground and background")
-    with contextlib.redirect_stdout(io.StringIO()):  # its solver prints performance warnings
-        alpha = pymatting.estimate_alpha_cf(image.astype(np.float64) / 255.0, trimap / 255.0)
-    alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
-    known = trimap != 128
-    alpha[known] = (trimap[known] == 255).astype(np.float32)
-    return alpha
-
-
-_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "trimap_only": trimap_only,
-    "zeros": zeros,
-    "closed_form": closed_form,
+# The predictors are the evaluation library's: the same baselines as every other table.
+_FUNCS: dict[str, Callable[[MattingExample], np.ndarray]] = {
+    "trimap_only": evaluation.trimap_only,
+    "zeros": evaluation.zeros,
+    "closed_form": evaluation.closed_form,
 }
 
 
-# --- evaluation ------------------------------------------------------------------------------
 def downscale(ex: MattingExample, max_side: int | None) -> MattingExample:
-    """Shrink an example so its long side is <= ``max_side`` (area for image and alpha,
-    nearest for the trimap so it keeps its three values); unchanged when already small."""
-    h, w = ex.trimap.shape
-    if not max_side or max(h, w) <= max_side:
+    """``ex`` with its long side at most ``max_side`` (evaluation.Rescaled's resampling)."""
+    long_side = max(ex.trimap.shape)
+    if not max_side or long_side <= max_side:
         return ex
-    size = (max(1, round(w * max_side / max(h, w))), max(1, round(h * max_side / max(h, w))))
-    return MattingExample(
-        ex.name,
-        cv2.resize(ex.image, size, interpolation=cv2.INTER_AREA),
-        cv2.resize(ex.trimap, size, interpolation=cv2.INTER_NEAREST),
-        np.clip(cv2.resize(ex.alpha, size, interpolation=cv2.INTER_AREA), 0.0, 1.0),
-    )
+    return evaluation.Rescaled([ex], max_side / long_side)[0]
 
 
 def evaluate_set(
@@ -108,11 +65,12 @@ def evaluate_set(
     max_images: int | None = None,
     max_side: int | None = None,
 ) -> dict:
-    """Score ``methods`` on ``examples``; returns per-method means (see module docstring).
+    """Score ``methods`` on ``examples`` through ``utils.evaluation.score``; per-method means
+    plus SAD per megapixel, mean error per unknown pixel and seconds per image.
 
     ``max_images`` picks that many images evenly spread over the set. An image on which
-    a method fails (closed-form without known fg/bg) is scored with the
-    trimap-only prediction and counted in ``failures``.
+    a method fails (closed-form without known fg/bg) is scored with the trimap-only
+    prediction and counted in ``failures``.
     """
     if "closed_form" in methods:
         import pymatting  # noqa: F401  (compile/load before the timings start)
@@ -120,41 +78,33 @@ def evaluate_set(
     n = len(examples) if max_images is None else min(max_images, len(examples))
     # A subset is spread over the whole set (composites of one foreground are adjacent).
     picks = np.unique(np.linspace(0, len(examples) - 1, n).round().astype(int)) if n else []
-    sums = {
-        m: dict(sad=0.0, mse=0.0, grad=0.0, conn=0.0, sad_per_mp=0.0, seconds=0.0) for m in methods
-    }
-    failures = dict.fromkeys(methods, 0)
-    unknown_px = megapixels = 0.0
-    for i in picks:
-        ex = downscale(examples[int(i)], max_side)
-        if ex.alpha is None:
-            raise ValueError(f"{ex.name}: no ground-truth alpha; calibration needs it")
-        mp = ex.trimap.size / 1e6
-        megapixels += mp
-        unknown_px += float((ex.trimap == 128).sum())
-        for m in methods:
-            t0 = time.perf_counter()
-            try:
-                pred = _FUNCS[m](ex.image, ex.trimap)
-            except ValueError:
-                failures[m] += 1
-                pred = trimap_only(ex.image, ex.trimap)
-            seconds = time.perf_counter() - t0
-            scores = compute_all(pred, ex.alpha, ex.trimap)
-            for k, v in scores.items():
-                sums[m][k] += v
-            sums[m]["sad_per_mp"] += scores["sad"] / mp
-            sums[m]["seconds"] += seconds
+    chosen = [downscale(examples[int(i)], max_side) for i in picks]
+    mps = [ex.trimap.size / 1e6 for ex in chosen]
+    unknown_px = float(sum((ex.trimap == 128).sum() for ex in chosen))
     out = {
-        "images": n,
-        "mean_megapixels": megapixels / max(n, 1),
-        "unknown_fraction": unknown_px / max(megapixels * 1e6, 1),
+        "images": len(chosen),
+        "mean_megapixels": float(np.mean(mps)) if mps else 0.0,
+        "unknown_fraction": unknown_px / max(sum(mps) * 1e6, 1),
         "methods": {},
     }
     for m in methods:
-        res = {k: v / max(n, 1) for k, v in sums[m].items()}
-        res["err_per_unknown_px"] = sums[m]["sad"] * 1000 / max(unknown_px, 1)
-        res["failures"] = failures[m]
+        failures = 0
+
+        def predict(ex, f=_FUNCS[m]):
+            nonlocal failures
+            try:
+                return f(ex)
+            except ValueError:
+                failures += 1
+                return evaluation.trimap_only(ex)
+
+        with contextlib.redirect_stdout(io.StringIO()):  # pymatting's solver warnings
+            rows, summary = evaluation.score(chosen, predict)
+        res = {k: summary[k] for k in evaluation.METRICS}
+        res["sad_per_mp"] = float(np.mean([r["sad"] / mp for r, mp in zip(rows, mps, strict=True)]))
+        res["seconds"] = summary["seconds_per_image"]
+        res["err_per_unknown_px"] = sum(r["sad"] for r in rows) * 1000 / max(unknown_px, 1)
+        res["failures"] = failures
         out["methods"][m] = res
     return out
 

@@ -34,6 +34,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
+from utils.evaluation import closed_form, evaluate_model, load_examples, score, trimap_only
+from utils.inference import load_model_for_inference
 
 ROOT = common.ROOT
 TRAIN = [sys.executable, str(ROOT / "train_encoder_decoder.py")]
@@ -58,8 +60,6 @@ METRICS = ("sad", "mse", "grad", "conn")
 
 def testsets(real: Path | None) -> list[tuple[str, Any]]:
     """[(label, examples)]: the synthetic test split, then the real photographs per trimap set."""
-    from evaluate import load_examples
-
     sets = [("synthetic test", load_examples("synthetic")[0])]
     if real is not None:
         for t in TRIMAP_SETS:
@@ -85,9 +85,6 @@ def run_recipe(
 
 
 def score_checkpoint(path: Path, sets: list[tuple[str, Any]]) -> dict[str, dict]:
-    from evaluate import evaluate_model
-    from utils.inference import load_model_for_inference
-
     model, state, _ = load_model_for_inference(path, "cpu")
     out = {}
     for label, examples in sets:
@@ -99,8 +96,6 @@ def score_checkpoint(path: Path, sets: list[tuple[str, Any]]) -> dict[str, dict]
 
 def baselines(sets: list[tuple[str, Any]], cache: Path) -> dict[str, dict[str, dict]]:
     """{method: {set label: means}} for trimap-only and closed-form, cached in ``cache``."""
-    from evaluate import closed_form, score, trimap_only
-
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     for method, predict in (("trimap-only", trimap_only), ("closed-form", closed_form)):
         for label, examples in sets:

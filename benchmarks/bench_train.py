@@ -345,7 +345,7 @@ def make_trainer(argv: list[str]):
     try:
         with _quiet():
             trainer = tr.Trainer(cfg)
-    except SystemExit as e:  # the training script's user-facing errors
+    except tr.TrainerError as e:  # the training script's user-facing errors
         raise RuntimeError(f"train_encoder_decoder.Trainer({' '.join(argv)}): {e}") from e
     trainer.train_mode()
     return trainer

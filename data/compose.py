@@ -88,23 +88,37 @@ def _as_alpha_u8(alpha: np.ndarray) -> np.ndarray:
     raise ValueError(f"alpha must be uint8 0-255 or float in [0, 1], got {a.dtype}")
 
 
-def trimap_from_alpha(
-    alpha: np.ndarray, rng: np.random.Generator, k_range: tuple[int, int] = (1, 30)
-) -> np.ndarray:
-    """Random trimap of a whole matte (reference implementation with cv2 morphology).
+def morph_trimap(alpha: np.ndarray, erode: np.ndarray, dilate: np.ndarray) -> np.ndarray:
+    """THE trimap rule: foreground = (alpha == 255) eroded by the structuring element
+    ``erode``; unknown = (alpha > 0) dilated by ``dilate``, minus that foreground; background
+    elsewhere. Every pixel with 0 < alpha < 255 is unknown.
 
-    alpha: (H, W) uint8 0-255 or float in [0, 1]. Foreground = alpha == 255 eroded by
-    ``disc_kernel(ke)``; unknown = (alpha > 0 dilated by ``disc_kernel(kd)``) minus that;
-    ke, kd drawn by :func:`draw_kernel_sizes`. Returns uint8 (H, W) in {0, 128, 255}; every
-    pixel with 0 < alpha < 255 is unknown.
+    alpha: (H, W) uint8 0-255 or float in [0, 1]; erode, dilate: uint8 structuring elements
+    (:func:`disc_kernel` for training trimaps, :func:`band_kernel` for fixed-band test
+    trimaps). Returns uint8 (H, W) in {0, 128, 255}.
     """
     a = _as_alpha_u8(alpha)
-    ke, kd = draw_kernel_sizes(rng, k_range)
-    fg = cv2.erode((a == 255).view(np.uint8), disc_kernel(ke))
-    region = cv2.dilate((a > 0).view(np.uint8), disc_kernel(kd))
+    fg = cv2.erode((a == 255).view(np.uint8), erode)
+    region = cv2.dilate((a > 0).view(np.uint8), dilate)
     out = np.where(region > 0, TRIMAP_UNKNOWN, TRIMAP_BG).astype(np.uint8)
     out[fg > 0] = TRIMAP_FG
     return out
+
+
+def band_kernel(radius: int) -> np.ndarray:
+    """OpenCV's elliptical structuring element of size 2*radius + 1: the fixed band of the
+    built-in set's stored test and validation trimaps (a hand-drawn-like band of ``radius``
+    pixels on each side of the edge)."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def trimap_from_alpha(
+    alpha: np.ndarray, rng: np.random.Generator, k_range: tuple[int, int] = (1, 30)
+) -> np.ndarray:
+    """Random training trimap of a whole matte: :func:`morph_trimap` with disc kernels of
+    sizes ke, kd drawn by :func:`draw_kernel_sizes` (the paper's random dilation)."""
+    ke, kd = draw_kernel_sizes(rng, k_range)
+    return morph_trimap(alpha, disc_kernel(ke), disc_kernel(kd))
 
 
 def distance_maps(alpha: np.ndarray) -> np.ndarray:
@@ -336,6 +350,19 @@ def resample_background(
     return out
 
 
+def cover_background(bg: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A new background for a user's cut-out: ``bg`` scaled (up or down, keeping its aspect)
+    to cover (H, W), then centre-cropped. uint8 (H, W, 3). Not the dataset rule
+    (:func:`fit_background`), which only upscales and takes a window."""
+    (bh, bw), (h, w) = bg.shape[:2], hw
+    scale = max(h / bh, w / bw)
+    nh, nw = max(h, round(bh * scale)), max(w, round(bw * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(bg, (nw, nh), interpolation=interp)
+    y0, x0 = (nh - h) // 2, (nw - w) // 2
+    return np.ascontiguousarray(resized[y0 : y0 + h, x0 : x0 + w])
+
+
 # --- resize, flip, composite -----------------------------------------------------------------
 def resize_to(img: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
     """Resize (h, w[, C]) to (size, size[, C]): INTER_NEAREST for label maps (trimaps),
@@ -357,9 +384,12 @@ def hflip(img: np.ndarray) -> np.ndarray:
 
 
 def composite(fg: np.ndarray, bg: np.ndarray, alpha01: np.ndarray) -> np.ndarray:
-    """alpha*fg + (1-alpha)*bg: float32 (H, W, 3) in 0-255.
+    """THE compositing equation alpha*fg + (1-alpha)*bg: float32 (H, W, 3), in the units of
+    fg and bg (0-255 for images).
 
-    fg, bg: (H, W, 3) 0-255 (any dtype); alpha01: (H, W) float in [0, 1].
+    fg, bg: (H, W, 3) (any dtype); alpha01: (H, W) float in [0, 1]. For 8-bit mattes on
+    8-bit images the exact value is never within 1/510 of a rounding boundary, so rounding
+    this float32 result gives the exact rounded composite.
     """
     a = np.asarray(alpha01, np.float32)
     a3 = cv2.merge([a, a, a])  # contiguous (H, W, 3): numpy broadcasting of (H, W, 1) is slow
@@ -476,10 +506,7 @@ def make_sample(
         m = (max(ke, kd) - 1) // 2 + 1
         ya, yb, xa, xb = max(y0 - m, 0), min(y0 + c + m, H), max(x0 - m, 0), min(x0 + c + m, W)
         a = np.ascontiguousarray(fga[ya:yb, xa:xb, 3])
-        fgm = cv2.erode((a == 255).view(np.uint8), disc_kernel(ke))
-        reg = cv2.dilate((a > 0).view(np.uint8), disc_kernel(kd))
-        t = np.where(reg > 0, TRIMAP_UNKNOWN, TRIMAP_BG).astype(np.uint8)
-        t[fgm > 0] = TRIMAP_FG
+        t = morph_trimap(a, disc_kernel(ke), disc_kernel(kd))
         trimap = resize_to(crop_padded(t, y0 - ya, x0 - xa, c, c), out_size, nearest=True)
 
     bg_o = resample_background(bg, (H, W), window, (y0, x0, c), out_size)

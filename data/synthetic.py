@@ -63,11 +63,16 @@ if __package__ in (None, ""):
 import cv2
 import numpy as np
 
+from data.compose import band_kernel, composite, fit_background, morph_trimap
+
 VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKER = "COMPLETE"
 META_NAME = "DIM built-in synthetic matting set"
-GENERATOR = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+# The drawing code is this file plus the compositing/trimap functions it imports.
+GENERATOR = hashlib.sha1(
+    Path(__file__).read_bytes() + (Path(__file__).parent / "compose.py").read_bytes()
+).hexdigest()[:12]
 SUPERSAMPLE = 4  # strands and nets are drawn at 4x and area-downsampled: sub-pixel widths
 _SHIFT = 3  # cv2 drawing: fixed-point bits of the point coordinates
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -668,23 +673,17 @@ def make_foreground(
 
 
 # --- composites and trimaps ------------------------------------------------------------------
-def composite(fg: np.ndarray, bg: np.ndarray, alpha_u8: np.ndarray) -> np.ndarray:
-    """round(alpha*fg + (1-alpha)*bg) in float64: uint8 (h, w, 3); alpha = alpha_u8 / 255."""
-    a = alpha_u8.astype(np.float64)[..., None] / 255.0
-    out = a * fg.astype(np.float64) + (1.0 - a) * bg.astype(np.float64)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+def stored_composite(fg: np.ndarray, bg: np.ndarray, alpha_u8: np.ndarray) -> np.ndarray:
+    """The composite written to val/ and test/: compose.composite rounded to uint8."""
+    return np.rint(composite(fg, bg, alpha_u8 / np.float32(255.0))).astype(np.uint8)
 
 
-def trimap_from_alpha(alpha_u8: np.ndarray, radius: int) -> np.ndarray:
-    """Trimap uint8 (h, w) in {0, 128, 255}: 255 = alpha==255 eroded, 0 = outside the
-    ``radius``-px dilation of alpha>0, 128 elsewhere (the Composition-1k construction)."""
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    fg = cv2.erode((alpha_u8 == 255).astype(np.uint8), k)
-    anything = cv2.dilate((alpha_u8 > 0).astype(np.uint8), k)
-    tri = np.full(alpha_u8.shape, 128, np.uint8)
-    tri[anything == 0] = 0
-    tri[fg == 1] = 255
-    return tri
+def band_trimap(alpha_u8: np.ndarray, radius: int) -> np.ndarray:
+    """The fixed-band trimap of the stored val/ and test/ splits: compose.morph_trimap with
+    OpenCV's elliptical kernel of size 2*radius + 1 (``radius`` px on each side of the edge,
+    like a hand-drawn test trimap) - a fixed rule, unlike the random discs of training."""
+    k = band_kernel(radius)
+    return morph_trimap(alpha_u8, k, k)
 
 
 def trimap_radius(radius_at_360: float, shape: tuple[int, ...]) -> int:
@@ -727,14 +726,8 @@ def _load_user_bg(path: Path, max_side: int) -> np.ndarray:
 
 
 def _fit_bg(bg: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Official compositing rule: upscale (bicubic) if smaller, then the top-left window."""
-    bh, bw = bg.shape[:2]
-    if bh < h or bw < w:
-        r = max(h / bh, w / bw)
-        bg = cv2.resize(
-            bg, (int(np.ceil(bw * r)), int(np.ceil(bh * r))), interpolation=cv2.INTER_CUBIC
-        )
-    return bg[:h, :w]
+    """Official compositing rule: compose.fit_background, then the top-left window."""
+    return fit_background(bg, (h, w))[:h, :w]
 
 
 def _job(args: tuple) -> str:
@@ -795,14 +788,14 @@ def _job(args: tuple) -> str:
             bg = make_background(brng, h, w, _palette(seed, 2, key, i, k))
         # Unknown band 5-15 px at 360 px, scaled with the image like a hand-drawn trimap.
         radius = trimap_radius(_rng(seed, _K_TRIMAP, key, i, k).uniform(5, 15), (h, w))
-        trimap = trimap_from_alpha(alpha, radius)
+        trimap = band_trimap(alpha, radius)
         while radius > 1 and not (trimap == 255).any():  # keep a definite-fg region
             radius -= 1
-            trimap = trimap_from_alpha(alpha, radius)
+            trimap = band_trimap(alpha, radius)
         _write(out / "fg" / name, fg)
         _write(out / "bg" / name, bg)
         _write(out / "alpha_copy" / name, alpha)
-        _write(out / "merged" / name, composite(fg, bg, alpha))
+        _write(out / "merged" / name, stored_composite(fg, bg, alpha))
         _write(out / "trimaps" / name, trimap)
     return split
 

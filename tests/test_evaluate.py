@@ -1,5 +1,5 @@
 """evaluate.py: end to end on the built-in synthetic split and alphamatting.com, other methods'
-predictions, baselines, the library entry point the trainer uses, and clear errors."""
+predictions, baselines and clear errors (the library under it: tests/test_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -114,31 +114,6 @@ def test_pred_dir_reproduces_the_numbers_of_saved_predictions(tmp_path, capsys):
     assert evaluate.main([*base, "--pred-dir", str(pred_dir), "--out", str(second)]) == 2
     err = capsys.readouterr().err
     assert f"no prediction for test image '{rows[1]['name']}'" in err
-
-
-def test_evaluate_model_library_entry_point(checkpoint):
-    """What the trainer's validation calls: model + examples in, rows + means out."""
-    from utils.checkpoint import load_model
-
-    model, _ = load_model(checkpoint)
-    model.train()
-    examples = evaluate.Rescaled(open_testset("synthetic-val")[:2], 0.25)
-    rows, summary = evaluate.evaluate_model(model, examples, device="cpu")
-    assert model.training  # flags restored
-    assert [r["name"] for r in rows] == examples.examples.names
-    assert summary["n"] == 2
-    for k in evaluate.METRICS:
-        assert summary[k] == pytest.approx(np.mean([r[k] for r in rows]))
-        assert np.isfinite(summary[k]) and summary[k] >= 0
-
-
-@pytest.mark.slow
-def test_closed_form_beats_trimap_only():
-    """pymatting's closed-form matting (compiled by numba on first use) on two tiny images."""
-    examples = evaluate.Rescaled(open_testset("synthetic")[:2], 0.25)
-    _, cf = evaluate.score(examples, evaluate.closed_form)
-    _, base = evaluate.score(examples, evaluate.trimap_only)
-    assert cf["sad"] < 0.8 * base["sad"]
 
 
 def test_visdom_flag_writes_panels_without_a_server(tmp_path):

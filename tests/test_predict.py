@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import predict
+from data import compose
 from data.testsets import open_testset
 from tests.helpers import random_checkpoint
 from utils.image_io import read_gray, read_rgb, write_png
@@ -75,7 +76,7 @@ def test_cli_alpha_rgba_and_composite(checkpoint, inputs, tmp_path):
     assert soft.any() and (rgba[..., :3] != image)[soft].any()
 
     comp = read_rgb(out / "cat_composite.png")
-    bg = predict.fit_background(read_rgb(inputs["dir"] / "bg.png"), *trimap.shape)
+    bg = compose.cover_background(read_rgb(inputs["dir"] / "bg.png"), trimap.shape)
     np.testing.assert_array_equal(comp[alpha == 0], bg[alpha == 0])
     np.testing.assert_array_equal(comp[opaque], rgba[..., :3][opaque])
 
@@ -163,9 +164,9 @@ def test_error_unmatched_folders(run_error, inputs, tmp_path):
 def test_check_and_snap_trimap():
     t = np.array([[0, 3, 60, 64], [127, 128, 190, 192], [250, 255, 255, 0]], np.uint8)
     np.testing.assert_array_equal(
-        predict.snap_trimap(t), [[0, 0, 0, 128], [128, 128, 128, 255], [255, 255, 255, 0]]
+        compose.quantize_trimap(t), [[0, 0, 0, 128], [128, 128, 128, 255], [255, 255, 255, 0]]
     )
-    predict.check_trimap(predict.snap_trimap(t), "ok.png")
+    predict.check_trimap(compose.quantize_trimap(t), "ok.png")
     with pytest.raises(predict.InputError, match="0/1 mask"):
         predict.check_trimap(np.array([[0, 1]], np.uint8), "mask.png")
     with pytest.raises(predict.InputError, match="0/1/2 label map"):
@@ -175,11 +176,11 @@ def test_check_and_snap_trimap():
 def test_fit_background_covers_and_centres():
     bg = np.zeros((50, 100, 3), np.uint8)
     bg[:, 45:55] = 255  # a bright stripe in the middle stays in the middle
-    out = predict.fit_background(bg, 120, 160)
+    out = compose.cover_background(bg, (120, 160))
     assert out.shape == (120, 160, 3)
     cols = np.flatnonzero(out[60, :, 0] > 128)
     assert abs((cols.min() + cols.max()) / 2 - 79.5) <= 2
-    assert predict.fit_background(np.zeros((400, 300, 3), np.uint8), 120, 160).shape == (
+    assert compose.cover_background(np.zeros((400, 300, 3), np.uint8), (120, 160)).shape == (
         120,
         160,
         3,
@@ -190,5 +191,5 @@ def test_composite_math():
     fg = np.full((2, 2, 3), 1.0, np.float32)
     bg = np.zeros((2, 2, 3), np.uint8)
     alpha = np.array([[0, 0.5], [1, 0.25]], np.float32)
-    out = predict.composite(fg, alpha, bg)
+    out = predict.composite_on(fg, alpha, bg)
     np.testing.assert_array_equal(out[..., 0], [[0, 128], [255, 64]])

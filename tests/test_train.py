@@ -79,7 +79,7 @@ def test_three_stages_end_to_end_and_stage2_frozen(tiny_root, tmp_path):
 
 
 def test_stage_without_prerequisite_names_the_command(tiny_root, tmp_path):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(tr.TrainerError) as e:
         make_trainer(argv(tiny_root, tmp_path / "runs", 2))
     msg = str(e.value)
     assert "stage1/best.pt" in msg and "--stage 1" in msg and "--init" in msg
@@ -146,13 +146,33 @@ def test_ctrl_c_saves_last_checkpoint(tiny_root, tmp_path, monkeypatch):
 
 
 def test_bad_flags_get_clear_errors(tiny_root, tmp_path):
-    with pytest.raises(SystemExit, match="multiple of 32"):
+    with pytest.raises(tr.TrainerError, match="multiple of 32"):
         make_trainer(argv(tiny_root, tmp_path, 1, "--crop-size", "70"))
-    with pytest.raises(SystemExit, match="nothing to resume"):
+    with pytest.raises(tr.TrainerError, match="nothing to resume"):
         make_trainer(argv(tiny_root, tmp_path, 1, "--resume"))
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="CUDA"):
+        with pytest.raises(tr.TrainerError, match="CUDA"):
             make_trainer(argv(tiny_root, tmp_path, 1, "--device", "cuda"))
+
+
+def test_trainer_from_python_raises_typed_errors(tmp_path, caplog):
+    """The Trainer is a library: a bad data root is an exception to catch, not an exit; the
+    command line turns the same problems into one error line and status 2."""
+    cfg = tr.resolve_config(tr.build_parser().parse_args(["--stage", "1", "--data-root",
+                                                          str(tmp_path / "nowhere")]))  # fmt: skip
+    with pytest.raises(tr.DataSourceError, match="nowhere"):
+        tr.Trainer(cfg)
+    cfg2 = dict(cfg, stage=2, runs_dir=str(tmp_path))
+    with pytest.raises(tr.TrainerError, match="stage 1's best checkpoint"):
+        tr.Trainer(cfg2)
+    assert tr.main(["--stage", "1", "--crop-size", "70", "--runs-dir", str(tmp_path)]) == 2
+    assert "multiple of 32" in caplog.text
+
+
+def test_stage_table_drives_freezing_and_loss():
+    assert [tr.STAGES[s].loss_on for s in (1, 2, 3)] == ["raw", "refined", "refined"]
+    assert tr.STAGES[2].trains == ("refine_head",) and tr.STAGES[2].weights == (1.0, 0.0)
+    assert tr.STAGES[3].starts_from == 2 and tr.STAGES[1].starts_from is None
 
 
 def test_cpu_bf16_step_trains_and_stays_close_to_float32(tiny_root, tmp_path):

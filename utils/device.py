@@ -51,13 +51,18 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def check_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
-    """Resolve ``--amp`` (None/"off", "auto", "bf16", "fp16") for ``device`` to an autocast dtype.
+def check_amp(amp: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """Resolve ``--amp`` (None/"off", "auto", "bf16", "fp16", or an already chosen dtype) for
+    ``device`` to an autocast dtype (None = float32), checking the pair is supported.
 
     ``auto``: bf16 on CUDA devices that support it, fp16 (with a GradScaler) on older ones; bf16
     on CPUs with native bf16 instructions (:func:`cpu_has_native_bf16`); off elsewhere. ``bf16``
     is allowed on CUDA and CPU; ``fp16`` is CUDA-only (CPU fp16 autocast is slower than fp32).
     """
+    if isinstance(amp, torch.dtype):  # already resolved (the trainer passes its dtype on)
+        if amp is torch.float32:
+            return None
+        amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, str(amp))
     if amp in (None, "off", "none", "fp32"):
         return None
     if amp == "auto":

@@ -210,7 +210,7 @@ def predict_alpha(
     image_u8: np.ndarray,
     trimap_u8: np.ndarray,
     device: str | torch.device | None = None,
-    amp: str | None = None,
+    amp: str | torch.dtype | None = None,
     tile: int | None = None,
     overlap: int | None = None,
     max_side: int | None = None,

@@ -666,6 +666,25 @@ class Visualizer:
         img, _ = build_panel(data, label, raw, refined, max_items, self.tile, title)
         return self.image(step, tag, img)
 
+    def example_panel(
+        self, step: int, tag: str, example, alpha_u8: np.ndarray, refined: bool = False
+    ) -> Path | None:
+        """Show one scored test image (a ``MattingExample`` and its predicted 8-bit alpha)
+        as a matting panel, always (not throttled).
+
+        ``refined``: the prediction is a refine head's output (shown in that column; the raw
+        alpha is not available here). Test sets carry no fg/bg, so the re-composite uses the
+        image itself.
+        """
+        from data import layout
+
+        data = layout.make_data(example.image, example.trimap)
+        zeros = np.zeros_like(example.image)
+        label = layout.make_label(zeros, zeros, example.image, example.alpha, example.trimap)
+        pred = (alpha_u8.astype(np.float32) / 255.0)[None, None]
+        raw, ref = (None, pred) if refined else (pred, None)
+        return self.matting_panel(step, tag, data[None], label[None], raw, ref, force=True)
+
     def image(self, step: int, tag: str, rgb: np.ndarray) -> Path:
         """Show an RGB uint8 picture (H, W, 3) in the ``tag`` window (replaced in place) and
         write it to ``panels/{tag}_{step}.png``; returns the PNG path."""
