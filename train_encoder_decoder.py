@@ -387,7 +387,7 @@ class Trainer:
             bg_dir=cfg["bg_dir"],
             val_dir=cfg["val_dir"],
             seed=cfg["seed"],
-            output_size=cfg["crop_size"],
+            crop_size=cfg["crop_size"],
             cache_dir=cfg["cache_dir"],
             cache_backgrounds=not cfg["no_bg_cache"],
             progress=self.main,

@@ -110,7 +110,7 @@ def _verdict(ok: bool | None) -> str:
 
 
 def data_rows(r: dict) -> list[list[str]]:
-    size = r.get("output_size", "?")
+    size = r.get("crop_size", "?")
     rows = []
     if "samples_per_s" in r:
         goal = r.get("target_samples_per_s")

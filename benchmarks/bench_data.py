@@ -45,7 +45,7 @@ TARGET_SPEEDUP = 10.0
 TARGET_SAMPLES_PER_S = 200.0
 
 
-def naive_sample(fg_path, alpha_path, bg_path, rng: np.random.Generator, out_size: int):
+def naive_sample(fg_path, alpha_path, bg_path, rng: np.random.Generator, crop_size: int):
     """One sample the naive way: everything on the whole image, crop at the end."""
     fg = cv2.cvtColor(cv2.imread(str(fg_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     alpha = cv2.imread(str(alpha_path), cv2.IMREAD_GRAYSCALE)
@@ -59,15 +59,15 @@ def naive_sample(fg_path, alpha_path, bg_path, rng: np.random.Generator, out_siz
     merged = a * fgf + (1 - a) * bg
     trimap = compose.trimap_from_alpha(alpha, rng)
     ys, xs = np.nonzero(trimap == 128)
-    c = int(rng.choice(compose.default_crop_sizes(out_size)))
+    c = int(rng.choice(compose.default_cut_sizes(crop_size)))
     k = int(rng.integers(len(ys))) if len(ys) else 0
-    c = compose.fit_crop(c, (h, w))
+    c = compose.fit_cut(c, (h, w))
     centre = (int(ys[k]), int(xs[k])) if len(ys) else (h // 2, w // 2)
     y0, x0 = compose.crop_origin(centre, c, (h, w))
     out = []
     for arr in (fgf, bg, merged, a[..., 0]):
-        out.append(compose.resize_to(compose.crop_padded(arr, y0, x0, c, c), out_size))
-    tri = compose.resize_to(compose.crop_padded(trimap, y0, x0, c, c), out_size, nearest=True)
+        out.append(compose.resize_to(compose.crop_padded(arr, y0, x0, c, c), crop_size))
+    tri = compose.resize_to(compose.crop_padded(trimap, y0, x0, c, c), crop_size, nearest=True)
     if rng.random() < 0.5:
         out, tri = [compose.hflip(o) for o in out], compose.hflip(tri)
     fg_o, bg_o, merged_o, a_o = out
@@ -145,11 +145,11 @@ def run(quick: bool = False, size: int = 320, workers: int = 0) -> dict:
                 fg = sources.foregrounds[int(f)]
                 naive_sample(fg.fg_path, fg.alpha_path, sources.backgrounds[int(b)], rng, size)
 
-            plain = AdobeDataset(sources, output_size=size, cache=False)
+            plain = AdobeDataset(sources, crop_size=size, cache=False)
             t0 = time.perf_counter()
             cached = AdobeDataset(
                 sources,
-                output_size=size,
+                crop_size=size,
                 cache=True,
                 cache_dir=Path(tmp) / "cache",
                 workers=0,
@@ -178,7 +178,7 @@ def run(quick: bool = False, size: int = 320, workers: int = 0) -> dict:
                 "load_average_1min": round(os.getloadavg()[0], 2)
                 if hasattr(os, "getloadavg")
                 else None,
-                "output_size": size,
+                "crop_size": size,
                 "fg_size": f"{FG_HW[1]}x{FG_HW[0]}",
                 "bg_size": f"{BG_HW[1]}x{BG_HW[0]}",
                 "n_fg": n_fg,
@@ -205,7 +205,7 @@ def format_table(r: dict) -> str:
         ("(b) project, decoded cache (memory-mapped)", ""),
     ]
     lines = [
-        f"data loading, {r['output_size']}x{r['output_size']} samples, fg {r['fg_size']}, "
+        f"data loading, {r['crop_size']}x{r['crop_size']} samples, fg {r['fg_size']}, "
         f"bg {r['bg_size']}, one process, one thread; load average {r['load_average_1min']} "
         f"on {r['cpu_count']} CPUs",
         f"| {'path':54s} | samples/s (wall) | samples/CPU-s | ms/sample (wall) |",

@@ -825,7 +825,7 @@ def _headlines(res: dict, peak: float | None, data_bench: dict | None) -> None:
         e2e["loader_keeps_up"] = e2e["data_wait_fraction"] <= LOADER_MAX_WAIT
         per_worker = e2e["data_per_worker_samples_per_s"]
         e2e["data_rate_source"] = "this benchmark's set, one process"
-        if data_bench and data_bench.get("output_size") == res["size"]:
+        if data_bench and data_bench.get("crop_size") == res["size"]:
             if data_bench.get("samples_per_s"):
                 per_worker = float(data_bench["samples_per_s"])
                 e2e["data_rate_source"] = "bench_data (b), one process"

@@ -11,7 +11,8 @@ Every random choice takes an ``np.random.Generator`` argument, so a sample is a 
 
 One training sample (:func:`make_sample`), following the paper (REFERENCE.md section 1):
 
-1. crop size drawn from ``crop_sizes``, capped at the image's short side (:func:`fit_crop`);
+1. the side of the window to cut drawn from ``cut_sizes``, capped at the image's short side
+   (:func:`fit_cut`); it is resized to ``crop_size``, the side the network sees;
 2. crop placed around a random unknown pixel (0 < alpha < 255; the hard edge of a binary matte
    when there is none; anywhere when the matte is constant): centred on it, or shifted just
    enough to stay inside the image near a border (:func:`crop_origin`). No training sample
@@ -21,7 +22,7 @@ One training sample (:func:`make_sample`), following the paper (REFERENCE.md sec
 4. background: upscaled (only when smaller than the foreground) as the official
    ``Composition_code.py`` does, a random foreground-sized window of it, resampled straight
    into the crop's output grid (one interpolation instead of upscale + crop + resize);
-5. foreground/alpha resized to the output size with INTER_AREA (INTER_LINEAR when
+5. foreground/alpha resized to ``crop_size`` with INTER_AREA (INTER_LINEAR when
    enlarging), trimap with INTER_NEAREST;
 6. horizontal flip with probability ``flip_p``;
 7. composite ``alpha*fg + (1-alpha)*bg`` on the resized crop, so the identity the
@@ -194,9 +195,9 @@ def pick_centre(
     return y, x
 
 
-def fit_crop(size: int, shape: tuple[int, ...]) -> int:
-    """The crop side cut from an image of ``shape`` (H, W[, C]): ``size``, or the short side
-    when the image is smaller. The crop is resized to the output size anyway, so a smaller
+def fit_cut(size: int, shape: tuple[int, ...]) -> int:
+    """The side of the window cut from an image of ``shape`` (H, W[, C]): ``size``, or the
+    short side when the image is smaller. The cut is resized to ``crop_size`` anyway, so a smaller
     crop is just a different scale, where a padded one would hold rows of zeros."""
     return max(1, min(size, shape[0], shape[1]))
 
@@ -206,7 +207,7 @@ def crop_origin(centre: tuple[int, int], size: int, shape: tuple[int, ...]) -> t
     ``shape`` (H, W[, C]): centred on it (pixel (size//2, size//2) is ``centre``) where that
     fits, else shifted just enough to lie inside the image, so ``centre`` is still inside the
     window. Along a side shorter than ``size`` the window is centred on the image (the only
-    case that needs :func:`crop_padded`'s padding; :func:`fit_crop` avoids it)."""
+    case that needs :func:`crop_padded`'s padding; :func:`fit_cut` avoids it)."""
     origin = []
     for c, n in zip(centre, shape[:2], strict=True):
         if size <= n:
@@ -293,13 +294,13 @@ def resample_background(
     fg_hw: tuple[int, int],
     window: tuple[int, int],
     box: tuple[int, int, int],
-    out_size: int,
+    crop_size: int,
 ) -> np.ndarray:
     """The background seen through a crop, resampled once: uint8 (out, out, 3).
 
     Equivalent (to sub-pixel alignment and the filter) to: ``fit_background``, take the
     fg-sized window at ``window``, take the crop ``box`` = (y0, x0, size) of it with zero
-    padding outside the window, resize to ``out_size``. Enlarging (the usual case: COCO
+    padding outside the window, resize to ``crop_size``. Enlarging (the usual case: COCO
     backgrounds are smaller than Adobe foregrounds) uses one bilinear warp; shrinking uses
     INTER_AREA on the covered source rectangle.
     """
@@ -307,8 +308,8 @@ def resample_background(
     vh, vw = fitted_size((bh, bw), fg_hw)
     sy, sx = vh / bh, vw / bw
     y0, x0, c = box
-    f = out_size / c
-    out = np.zeros((out_size, out_size, 3), np.uint8)
+    f = crop_size / c
+    out = np.zeros((crop_size, crop_size, 3), np.uint8)
     # Valid part of the crop (inside the fg-sized window), in crop and output pixels.
     ry0, ry1 = max(0, -y0), min(c, H - y0)
     rx0, rx1 = max(0, -x0), min(c, W - x0)
@@ -319,7 +320,7 @@ def resample_background(
     if oy0 >= oy1 or ox0 >= ox1:
         return out
     vy, vx = window[0] + y0, window[1] + x0  # crop origin in fitted-background pixels
-    if c / (out_size * sy) <= 1.0 + 1e-9 and c / (out_size * sx) <= 1.0 + 1e-9:
+    if c / (crop_size * sy) <= 1.0 + 1e-9 and c / (crop_size * sx) <= 1.0 + 1e-9:
         # Output pixel u (centre u + 0.5) -> fitted coordinate vy + (u + 0.5)/f - 0.5
         # -> source coordinate (vy + (u + 0.5)/f)/sy - 0.5 (cv2.resize's centre convention).
         ay, ax = 1.0 / (f * sy), 1.0 / (f * sx)
@@ -430,8 +431,8 @@ class Sample:
 
     fg, bg: uint8 (S, S, 3) RGB; alpha: float32 (S, S) in [0, 1]; merged: float32 (S, S, 3)
     0-255, equal to alpha*fg + (1-alpha)*bg; trimap: uint8 (S, S) in {0, 128, 255}.
-    centre (y, x), crop size, trimap kernel sizes (erode, dilate) and flip describe how it
-    was drawn.
+    centre (y, x), cut (the side of the window cut before resizing to S), trimap kernel
+    sizes (erode, dilate) and flip describe how it was drawn.
     """
 
     fg: np.ndarray
@@ -440,14 +441,14 @@ class Sample:
     merged: np.ndarray
     trimap: np.ndarray
     centre: tuple[int, int]
-    crop: int
+    cut: int
     kernels: tuple[int, int]
     flipped: bool
 
 
-def default_crop_sizes(out_size: int) -> tuple[int, ...]:
-    """(out, 1.5*out, 2*out): the paper's 320/480/640 at out = 320, scaled otherwise."""
-    return (out_size, round(1.5 * out_size), 2 * out_size)
+def default_cut_sizes(crop_size: int) -> tuple[int, ...]:
+    """Cut sizes (S, 1.5 S, 2 S) for crop size S: the paper's 320/480/640 at S = 320."""
+    return (crop_size, round(1.5 * crop_size), 2 * crop_size)
 
 
 def window_distances(alpha: np.ndarray, y0: int, x0: int, size: int, margin: int) -> np.ndarray:
@@ -467,8 +468,8 @@ def make_sample(
     bg: np.ndarray,
     rng: np.random.Generator,
     *,
-    out_size: int = 320,
-    crop_sizes: Sequence[int] | None = None,
+    crop_size: int = 320,
+    cut_sizes: Sequence[int] | None = None,
     k_range: tuple[int, int] = (1, 30),
     flip_p: float = 0.5,
     candidates: np.ndarray | None = None,
@@ -483,8 +484,8 @@ def make_sample(
     identical). The rng is consumed in a fixed order, so equal rng states give equal samples.
     """
     H, W = fga.shape[:2]
-    sizes = tuple(crop_sizes) if crop_sizes else default_crop_sizes(out_size)
-    c = fit_crop(int(sizes[int(rng.integers(len(sizes)))]), (H, W))
+    sizes = tuple(cut_sizes) if cut_sizes else default_cut_sizes(crop_size)
+    c = fit_cut(int(sizes[int(rng.integers(len(sizes)))]), (H, W))
     if candidates is None:
         candidates = unknown_candidates(fga[..., 3])
     centre = pick_centre(candidates, (H, W), rng)
@@ -501,17 +502,17 @@ def make_sample(
             d_c = crop_view(dist2, y0, x0, c, c, fill=(0, 255))
         else:
             d_c = window_distances(fga[..., 3], y0, x0, c, (max(ke, kd) - 1) // 2 + 1)
-        trimap = trimap_from_distances(resize_to(d_c, out_size, nearest=True), ke, kd)
+        trimap = trimap_from_distances(resize_to(d_c, crop_size, nearest=True), ke, kd)
     else:  # kernels too large for uint8 distances: plain morphology on window + margin
         m = (max(ke, kd) - 1) // 2 + 1
         ya, yb, xa, xb = max(y0 - m, 0), min(y0 + c + m, H), max(x0 - m, 0), min(x0 + c + m, W)
         a = np.ascontiguousarray(fga[ya:yb, xa:xb, 3])
         t = morph_trimap(a, disc_kernel(ke), disc_kernel(kd))
-        trimap = resize_to(crop_padded(t, y0 - ya, x0 - xa, c, c), out_size, nearest=True)
+        trimap = resize_to(crop_padded(t, y0 - ya, x0 - xa, c, c), crop_size, nearest=True)
 
-    bg_o = resample_background(bg, (H, W), window, (y0, x0, c), out_size)
+    bg_o = resample_background(bg, (H, W), window, (y0, x0, c), crop_size)
     # cv2 reads the window straight from the (memory-mapped) foreground when it lies inside.
-    fga_o = resize_to(crop_view(fga, y0, x0, c, c), out_size)
+    fga_o = resize_to(crop_view(fga, y0, x0, c, c), crop_size)
     if flipped:
         fga_o, trimap, bg_o = hflip(fga_o), hflip(trimap), hflip(bg_o)
     fg_o = cv2.cvtColor(fga_o, cv2.COLOR_RGBA2RGB)  # contiguous RGB: cheaper downstream

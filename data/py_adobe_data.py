@@ -6,9 +6,10 @@ bg, fg, merged (0-255), alpha (0-1), unknown mask. ``merged == alpha*fg + (1-alp
 holds on the returned tensors (float32 rounding only). How one sample is drawn:
 ``data/compose.py``; where the files come from and the decoded cache: ``data/sources.py``.
 
-Crop sizes: the paper's {320, 480, 640} for output 320. By default they scale with the
-output size S as (S, 1.5 S, 2 S) (e.g. 64, 96, 128 for S = 64) so a small CPU run sees the
-same mix of context; pass ``crop_sizes`` to fix them.
+Names: ``crop_size`` (``--crop-size``) is the side S of the samples the network sees;
+``cut_sizes`` are the sides of the windows cut from the image before they are resized to S:
+the paper's {320, 480, 640} for S = 320, by default (S, 1.5 S, 2 S) (e.g. 64, 96, 128 for
+S = 64) so a small CPU run sees the same mix of context; pass ``cut_sizes`` to fix them.
 
 Randomness: sample i of epoch e is drawn from ``SeedSequence([seed, e, i])``. The samples
 therefore differ between epochs (:meth:`AdobeDataset.set_epoch`), are identical for the
@@ -69,8 +70,9 @@ class AdobeDataset(Dataset):
 
     Args:
         sources: from :func:`data.sources.find_sources` (or a split of it).
-        output_size: side S of the returned samples (a multiple of 32 for the model).
-        crop_sizes: crop sides drawn uniformly; default (S, 1.5 S, 2 S).
+        crop_size: side S of the returned samples (a multiple of 32 for the model).
+        cut_sizes: sides of the windows cut before resizing to S, drawn uniformly;
+            default (S, 1.5 S, 2 S).
         flip_p: probability of a horizontal flip.
         k_range: trimap erosion/dilation kernel sizes, inclusive (paper: 1-30).
         seed: base of every sample's random stream.
@@ -84,8 +86,8 @@ class AdobeDataset(Dataset):
         self,
         sources: MattingSources,
         *,
-        output_size: int = 320,
-        crop_sizes: Sequence[int] | None = None,
+        crop_size: int = 320,
+        cut_sizes: Sequence[int] | None = None,
         flip_p: float = 0.5,
         k_range: tuple[int, int] = (1, 30),
         seed: int = 0,
@@ -98,16 +100,14 @@ class AdobeDataset(Dataset):
     ):
         if len(sources) == 0:
             raise DataSourceError("no (foreground, background) pairs: nothing to train on")
-        if output_size < 1:
-            raise ValueError(f"output_size must be positive, got {output_size}")
-        self.crop_sizes = tuple(
-            int(c) for c in (crop_sizes or compose.default_crop_sizes(output_size))
-        )
-        if min(self.crop_sizes) < 1:
-            raise ValueError(f"crop sizes must be positive, got {self.crop_sizes}")
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be positive, got {crop_size}")
+        self.cut_sizes = tuple(int(c) for c in (cut_sizes or compose.default_cut_sizes(crop_size)))
+        if min(self.cut_sizes) < 1:
+            raise ValueError(f"cut sizes must be positive, got {self.cut_sizes}")
         compose.draw_kernel_sizes(np.random.default_rng(0), k_range)  # validates k_range
         self.sources = sources
-        self.output_size = int(output_size)
+        self.crop_size = int(crop_size)
         self.flip_p = float(flip_p)
         self.k_range = (int(k_range[0]), int(k_range[1]))
         self.seed = int(seed)
@@ -155,8 +155,8 @@ class AdobeDataset(Dataset):
             fg.fga,
             bg,
             self.rng(index, epoch),
-            out_size=self.output_size,
-            crop_sizes=self.crop_sizes,
+            crop_size=self.crop_size,
+            cut_sizes=self.cut_sizes,
             k_range=self.k_range,
             flip_p=self.flip_p,
             candidates=fg.candidates,
@@ -172,7 +172,7 @@ class AdobeDataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"AdobeDataset({len(self.sources.foregrounds)} fg, {len(self.sources.backgrounds)} "
-            f"bg, {len(self)} pairs, output {self.output_size}, crops {self.crop_sizes}, "
+            f"bg, {len(self)} pairs, crop {self.crop_size}, cut {self.cut_sizes}, "
             f"store {type(self.store).__name__})"
         )
 
@@ -219,8 +219,8 @@ def build_train_val(
     val_full_size: bool = False,
     split_seed: int = 0,
     seed: int = 0,
-    output_size: int = 320,
-    crop_sizes: Sequence[int] | None = None,
+    crop_size: int = 320,
+    cut_sizes: Sequence[int] | None = None,
     flip_p: float = 0.5,
     k_range: tuple[int, int] = (1, 30),
     cache: bool = True,
@@ -270,8 +270,8 @@ def build_train_val(
         seed=seed,
     )
     ds_kw = dict(
-        output_size=output_size,
-        crop_sizes=crop_sizes,
+        crop_size=crop_size,
+        cut_sizes=cut_sizes,
         flip_p=flip_p,
         k_range=k_range,
         seed=seed,
@@ -292,15 +292,15 @@ def build_train_val(
             f"{len(sources.foregrounds)}; pass val_fraction=0 or a validation folder"
         )
     train = AdobeDataset(train_src, **ds_kw)
-    size = None if val_full_size else output_size
-    manifest = validation_manifest(val_src, val_n, seed, size, k_range, crop_sizes)
+    size = None if val_full_size else crop_size
+    manifest = validation_manifest(val_src, val_n, seed, size, k_range, cut_sizes)
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = base / "valsets" / f"val-{manifest_digest(manifest)}"
     store = train.store if not isinstance(train.store, DecodingStore) else None
     if isinstance(store, CachedStore):
         store.build(val_src.foregrounds, val_src.backgrounds, workers, progress)
     build_validation_set(
-        val_src, out, val_n, seed, size, k_range=k_range, crop_sizes=crop_sizes, store=store
+        val_src, out, val_n, seed, size, k_range=k_range, cut_sizes=cut_sizes, store=store
     )
     return train, open_testset(out)
 
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sources = find_sources(fg_dirs, alpha_dirs, bg_dir, fg_names=fg_names, bg_names=bg_names)
         ds = AdobeDataset(
             sources,
-            output_size=args.size,
+            crop_size=args.size,
             seed=args.seed,
             cache=not args.no_cache,
             cache_dir=Path(tmp.name) / "cache" if tmp and not args.cache_dir else args.cache_dir,

@@ -427,7 +427,7 @@ def validation_manifest(
     seed: int,
     size: int | None,
     k_range: tuple[int, int] = (1, 30),
-    crop_sizes: Sequence[int] | None = None,
+    cut_sizes: Sequence[int] | None = None,
 ) -> dict:
     """What a validation set is made of (written beside it as ``valset.json``)."""
     if n < 1 or len(sources) == 0:
@@ -453,7 +453,7 @@ def validation_manifest(
         "seed": seed,
         "size": size,
         "k_range": list(k_range),
-        "crop_sizes": list(crop_sizes) if crop_sizes else None,
+        "cut_sizes": list(cut_sizes) if cut_sizes else None,
         "picks": picks,
         "pairs": pairs,
     }
@@ -471,7 +471,7 @@ def build_validation_set(
     size: int | None = 320,
     *,
     k_range: tuple[int, int] = (1, 30),
-    crop_sizes: Sequence[int] | None = None,
+    cut_sizes: Sequence[int] | None = None,
     store=None,
 ) -> Path:
     """Write a fixed validation set in the Composition-1k layout (once); returns ``out_dir``.
@@ -486,7 +486,7 @@ def build_validation_set(
     different set is an error.
     """
     out = Path(out_dir)
-    manifest = validation_manifest(sources, n, seed, size, k_range, crop_sizes)
+    manifest = validation_manifest(sources, n, seed, size, k_range, cut_sizes)
     mpath = out / "valset.json"
     if mpath.is_file():
         try:
@@ -525,8 +525,8 @@ def build_validation_set(
                 arrays.fga,
                 bg,
                 rng,
-                out_size=size,
-                crop_sizes=crop_sizes,
+                crop_size=size,
+                cut_sizes=cut_sizes,
                 k_range=k_range,
                 candidates=arrays.candidates,
                 dist2=arrays.dist2,

@@ -42,7 +42,7 @@ def _sources(root: Path, **kw):
 
 
 def _dataset(root: Path, tmp_path: Path, **kw) -> AdobeDataset:
-    kw.setdefault("output_size", S)
+    kw.setdefault("crop_size", S)
     kw.setdefault("cache_dir", tmp_path / "cache")
     kw.setdefault("workers", 0)
     kw.setdefault("progress", False)
@@ -73,7 +73,7 @@ def _assert_valid(data: torch.Tensor, label: torch.Tensor, size: int = S):
 def test_samples_have_the_layout_and_the_composite_identity(demo, tmp_path):
     ds = _dataset(demo, tmp_path)
     assert len(ds) == 4 * 3  # (fg, bg) pairs from the name lists
-    assert ds.crop_sizes == (64, 96, 128)  # (S, 1.5 S, 2 S)
+    assert ds.cut_sizes == (64, 96, 128)  # (S, 1.5 S, 2 S)
     for i in range(len(ds)):
         _assert_valid(*ds[i])
     assert any(layout.mask(ds[i][1]).sum() > 0 for i in range(len(ds)))
@@ -89,8 +89,8 @@ def test_cache_and_no_cache_give_the_same_samples(demo, tmp_path):
 
 
 def test_default_crop_sizes_at_320(demo, tmp_path):
-    ds = _dataset(demo, tmp_path, output_size=320, cache=False)
-    assert ds.crop_sizes == (320, 480, 640)
+    ds = _dataset(demo, tmp_path, crop_size=320, cache=False)
+    assert ds.cut_sizes == (320, 480, 640)
 
 
 # --- randomness ------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_random_background_pairs_without_lists(demo):
 
 
 def test_build_train_val_writes_a_fixed_validation_set_once(demo, tmp_path):
-    kw = dict(output_size=S, val_fraction=0.25, val_n=4, cache_dir=tmp_path / "c" / "decoded",
+    kw = dict(crop_size=S, val_fraction=0.25, val_n=4, cache_dir=tmp_path / "c" / "decoded",
               workers=0, progress=False)  # fmt: skip
     train, val = build_train_val(demo, **kw)
     assert isinstance(val, ExampleSet) and len(val) == 4
@@ -217,7 +217,7 @@ def test_build_train_val_uses_a_val_folder_beside_the_data(demo, tmp_path):
     img = np.zeros((8, 8, 3), np.uint8)
     for sub, arr in (("merged", img), ("alpha_copy", img[..., 0]), ("trimaps", img[..., 0])):
         write_png(root / "val" / sub / "x_0.png", arr)
-    train, val = build_train_val(root, output_size=S, cache=False)
+    train, val = build_train_val(root, crop_size=S, cache=False)
     assert val.kind == "composition1k" and val.names == ["x_0"]
     assert len(train.sources.foregrounds) == 4  # no split when a validation folder exists
 
@@ -246,7 +246,7 @@ def test_odd_but_valid_inputs_are_handled(tmp_path):
     src = find_sources(fgd, ald, bgd, bg_per_fg=2)
     assert {f.name for f in src.foregrounds} == {"grey.png", "rgba.png", "binary.jpg", "opaque.png"}
     for cache in (True, False):
-        ds = AdobeDataset(src, output_size=32, cache=cache, cache_dir=tmp_path / "c", workers=0,
+        ds = AdobeDataset(src, crop_size=32, cache=cache, cache_dir=tmp_path / "c", workers=0,
                           progress=False)  # fmt: skip
         for i in range(len(ds)):
             _assert_valid(*ds[i], size=32)
@@ -254,7 +254,7 @@ def test_odd_but_valid_inputs_are_handled(tmp_path):
     # 32 px window in a 40x50 image is shifted inside it, so the edge is in the crop, not
     # necessarily at its centre
     binary_i = [f.name for f in src.foregrounds].index("binary.jpg")
-    ds = AdobeDataset(src.select([binary_i]), output_size=32, crop_sizes=(32,), cache=False,
+    ds = AdobeDataset(src.select([binary_i]), crop_size=32, cut_sizes=(32,), cache=False,
                       flip_p=0)  # fmt: skip
     for i in range(len(ds)):
         crop = layout.alpha(ds[i][1])[0]
@@ -332,7 +332,7 @@ def test_truncated_image_is_caught_when_the_cache_is_built(demo, tmp_path):
     (root / "fg" / "fg_001.png").write_bytes(data[: len(data) // 2])  # header intact
     src = _sources(root)
     with pytest.raises(DataSourceError, match=r"fg_001.png: not a readable image"):
-        AdobeDataset(src, output_size=S, cache_dir=tmp_path / "c", workers=0, progress=False)
+        AdobeDataset(src, crop_size=S, cache_dir=tmp_path / "c", workers=0, progress=False)
 
 
 def test_name_lists_pointing_at_missing_files(demo, tmp_path):
@@ -364,7 +364,7 @@ def test_dataset_argument_checks(demo, tmp_path):
         AdobeDataset(src, k_range=(0, 5), cache=False)
     with pytest.raises(DataSourceError, match="no \\(foreground, background\\) pairs"):
         AdobeDataset(src.select([]), cache=False)
-    ds = AdobeDataset(src, output_size=S, cache=False)
+    ds = AdobeDataset(src, crop_size=S, cache=False)
     with pytest.raises(IndexError):
         ds[len(ds)]
 

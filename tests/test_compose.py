@@ -155,9 +155,9 @@ def test_crop_is_centred_on_an_unknown_pixel(size):
     assert (cy, cx) == (0, 0)
     assert compose.crop_origin((cy, cx), 16, a2.shape) == (0, 0)
     assert compose.crop_origin((19, 19), 16, a2.shape) == (4, 4)
-    # a window larger than the image is centred on it; fit_crop caps the size instead
+    # a window larger than the image is centred on it; fit_cut caps the size instead
     assert compose.crop_origin((3, 3), 24, a2.shape) == (-2, -2)
-    assert compose.fit_crop(24, a2.shape) == 20 and compose.fit_crop(8, a2.shape) == 8
+    assert compose.fit_cut(24, a2.shape) == 20 and compose.fit_cut(8, a2.shape) == 8
 
 
 def test_training_samples_never_contain_padding():
@@ -168,8 +168,8 @@ def test_training_samples_never_contain_padding():
     fga = np.dstack([fg, _alpha(h, w, 3)])
     bg = np.full((30, 40, 3), 90, np.uint8)
     for seed in range(30):
-        s = compose.make_sample(fga, bg, _rng(seed), out_size=32, crop_sizes=(32, 48, 64))
-        assert s.crop <= min(h, w)
+        s = compose.make_sample(fga, bg, _rng(seed), crop_size=32, cut_sizes=(32, 48, 64))
+        assert s.cut <= min(h, w)
         assert s.fg.min() == 200 and s.bg.min() == 90, seed
 
 
@@ -274,7 +274,7 @@ def _fga(h=80, w=96, seed=0):
 def test_make_sample_layout_and_identity():
     fga, bg = _fga(), _smooth_bg(30, 40)
     for seed in range(12):
-        s = compose.make_sample(fga, bg, _rng(seed), out_size=32, crop_sizes=(32, 48, 64))
+        s = compose.make_sample(fga, bg, _rng(seed), crop_size=32, cut_sizes=(32, 48, 64))
         assert s.fg.shape == s.bg.shape == s.merged.shape == (32, 32, 3)
         assert s.alpha.shape == s.trimap.shape == (32, 32)
         assert s.fg.dtype == s.bg.dtype == s.trimap.dtype == np.uint8
@@ -283,7 +283,7 @@ def test_make_sample_layout_and_identity():
         assert set(np.unique(s.trimap)) <= {0, 128, 255}
         ref = s.alpha[..., None] * s.fg + (1 - s.alpha[..., None]) * s.bg.astype(np.float32)
         assert np.abs(s.merged - ref).max() <= 1e-3
-        assert s.crop in (32, 48, 64)
+        assert s.cut in (32, 48, 64)
 
 
 def test_make_sample_matches_reference_pipeline():
@@ -296,15 +296,15 @@ def test_make_sample_matches_reference_pipeline():
     cands = compose.unknown_candidates(alpha)
     for seed in range(16):
         k_range = (1, 30) if seed % 4 else (33, 40)
-        kw = dict(out_size=32, crop_sizes=(32, 48, 64), k_range=k_range)
+        kw = dict(crop_size=32, cut_sizes=(32, 48, 64), k_range=k_range)
         s = compose.make_sample(fga, bg, _rng(seed), **kw, candidates=cands, dist2=dist)
         s2 = compose.make_sample(fga, bg, _rng(seed), **kw)  # no cache: computed per crop
         for name in ("fg", "bg", "alpha", "merged", "trimap"):
             np.testing.assert_array_equal(getattr(s, name), getattr(s2, name), err_msg=name)
-        y0, x0 = compose.crop_origin(s.centre, s.crop, alpha.shape)
-        tri = compose.crop_padded(_reference_trimap(alpha, *s.kernels), y0, x0, s.crop, s.crop)
+        y0, x0 = compose.crop_origin(s.centre, s.cut, alpha.shape)
+        tri = compose.crop_padded(_reference_trimap(alpha, *s.kernels), y0, x0, s.cut, s.cut)
         tri = compose.resize_to(tri, 32, nearest=True)
-        crop = compose.crop_padded(fga, y0, x0, s.crop, s.crop)
+        crop = compose.crop_padded(fga, y0, x0, s.cut, s.cut)
         small = compose.resize_to(crop, 32)
         if s.flipped:
             tri, small = tri[:, ::-1], small[:, ::-1]
@@ -316,7 +316,7 @@ def test_make_sample_matches_reference_pipeline():
 def test_make_sample_centre_pixel_is_unknown_without_resize():
     fga, bg = _fga(), _smooth_bg(30, 40)
     for seed in range(20):
-        s = compose.make_sample(fga, bg, _rng(seed), out_size=33, crop_sizes=(33,), flip_p=0)
+        s = compose.make_sample(fga, bg, _rng(seed), crop_size=33, cut_sizes=(33,), flip_p=0)
         assert s.trimap[16, 16] == 128
         assert 0 < s.alpha[16, 16] < 1
         assert not s.flipped
@@ -324,12 +324,12 @@ def test_make_sample_centre_pixel_is_unknown_without_resize():
 
 def test_make_sample_is_a_function_of_the_rng():
     fga, bg = _fga(), _smooth_bg(30, 40)
-    a = compose.make_sample(fga, bg, _rng(5), out_size=32)
-    b = compose.make_sample(fga, bg, _rng(5), out_size=32)
-    c = compose.make_sample(fga, bg, _rng(6), out_size=32)
+    a = compose.make_sample(fga, bg, _rng(5), crop_size=32)
+    b = compose.make_sample(fga, bg, _rng(5), crop_size=32)
+    c = compose.make_sample(fga, bg, _rng(6), crop_size=32)
     np.testing.assert_array_equal(a.merged, b.merged)
     assert not np.array_equal(a.merged, c.merged)
-    flips = [compose.make_sample(fga, bg, _rng(s), out_size=32).flipped for s in range(40)]
+    flips = [compose.make_sample(fga, bg, _rng(s), crop_size=32).flipped for s in range(40)]
     assert 5 < sum(flips) < 35
 
 
@@ -338,7 +338,7 @@ def test_make_sample_handles_constant_alpha_and_tiny_background():
     tiny_bg = _rng(1).integers(0, 256, (3, 4, 3), dtype=np.uint8)
     for value in (0, 255):
         fga = np.dstack([fg, np.full((40, 50), value, np.uint8)])
-        s = compose.make_sample(fga, tiny_bg, _rng(0), out_size=32)
+        s = compose.make_sample(fga, tiny_bg, _rng(0), crop_size=32)
         ref = s.alpha[..., None] * s.fg + (1 - s.alpha[..., None]) * s.bg.astype(np.float32)
         assert np.abs(s.merged - ref).max() <= 1e-3
         assert set(np.unique(s.trimap)) <= {0, 128, 255}
