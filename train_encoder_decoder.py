@@ -31,7 +31,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from data.py_adobe_data import worker_init_fn
 from data.sources import DataSourceError
+from data.testsets import open_testset
+from data.trainval import build_train_val
 from models.py_encoder_decoder import DIM, VGGWeightsError, load_vggbn, vgg_hub_cache_file
 from models.py_loss import DIMLoss
 from utils import distributed as dist_utils
@@ -40,6 +43,7 @@ from utils.determinism import capture_rng_state, restore_rng_state, seed_everyth
 from utils.device import check_amp, describe_amp, pick_device
 from utils.evaluation import evaluate_model
 from utils.image_io import ImageReadError
+from utils.visualization import Visualizer
 
 log = logging.getLogger("train")
 
@@ -375,8 +379,6 @@ class Trainer:
 
     # ---- setup --------------------------------------------------------------------------
     def _setup_data(self) -> None:
-        from data.py_adobe_data import build_train_val, worker_init_fn
-
         cfg = self.cfg
         # Rank 0 builds the decoded cache and the validation set first; the others then reuse
         # them instead of racing to write the same files.
@@ -405,8 +407,6 @@ class Trainer:
         self.data_description = f"{train_set!r}, {len(val_examples)} validation images"
         self.real_examples = None
         if cfg["real_val"] and self.main:
-            from data.testsets import open_testset
-
             self.real_examples = open_testset(cfg["real_val"], trimap=cfg["real_val_trimap"])
             self.data_description += f", {len(self.real_examples)} real photographs"
         self.sampler = ResumableSampler(
@@ -547,8 +547,6 @@ class Trainer:
         )
 
     def _setup_visualizer(self) -> None:
-        from utils.visualization import Visualizer
-
         self.viz = None
         if self.main:
             self.viz = Visualizer(

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from data import compose, layout
-from data.py_adobe_data import AdobeDataset, make_demo_folder, worker_init_fn
+from data.demo import make_demo_folder
+from data.py_adobe_data import AdobeDataset, worker_init_fn
 from data.sources import find_layout, find_sources
 
 FG_HW = (1080, 1440)

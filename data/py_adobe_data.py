@@ -4,7 +4,8 @@
 ``data`` (4, S, S) = ImageNet-normalised composite + scaled trimap; ``label`` (11, S, S) =
 bg, fg, merged (0-255), alpha (0-1), unknown mask. ``merged == alpha*fg + (1-alpha)*bg``
 holds on the returned tensors (float32 rounding only). How one sample is drawn:
-``data/compose.py``; where the files come from and the decoded cache: ``data/sources.py``.
+``data/compose.py``; where the files come from: ``data/sources.py``; the decoded cache:
+``data/cache.py``; the training set + validation set the trainer uses: ``data/trainval.py``.
 
 Names: ``crop_size`` (``--crop-size``) is the side S of the samples the network sees;
 ``cut_sizes`` are the sides of the windows cut from the image before they are resized to S:
@@ -25,7 +26,6 @@ built-in synthetic set when no data is given.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import sys
@@ -37,30 +37,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from data import compose, layout
-from data.sources import (
-    CachedStore,
-    DataSourceError,
-    DecodingStore,
-    MattingSources,
-    default_cache_dir,
-    find_layout,
-    find_sources,
-)
-from data.testsets import (
-    ExampleSet,
-    build_validation_set,
-    manifest_digest,
-    open_testset,
-    validation_manifest,
-)
-from utils.image_io import write_png
-from utils.visualization import Visualizer
+from data.cache import CachedStore, DecodingStore
+from data.sources import DataSourceError, MattingSources, find_layout, find_sources
 
 PathLike = str | os.PathLike
 
@@ -192,189 +175,6 @@ def worker_init_fn(worker_id: int) -> None:
     np.random.seed(seed)  # noqa: NPY002 (seeding the legacy global generator is the point)
 
 
-# --- train/val convenience -------------------------------------------------------------------
-def _synthetic_root(photo_dir: PathLike | None = "auto") -> Path | None:
-    if importlib.util.find_spec("data.synthetic") is None:
-        return None
-    from data.synthetic import ensure_synthetic
-
-    try:
-        return ensure_synthetic(photo_dir=photo_dir)
-    except (FileNotFoundError, ValueError) as e:  # a bad --photo-dir or --bg-dir
-        raise DataSourceError(str(e)) from e
-
-
-def build_train_val(
-    root: PathLike | None = None,
-    *,
-    fg_dirs: Sequence[PathLike] | PathLike | None = None,
-    alpha_dirs: Sequence[PathLike] | PathLike | None = None,
-    bg_dir: PathLike | None = None,
-    fg_names: PathLike | None = None,
-    bg_names: PathLike | None = None,
-    bg_per_fg: int = 100,
-    val_dir: PathLike | None = None,
-    val_fraction: float = 0.1,
-    val_n: int = 64,
-    val_full_size: bool = False,
-    split_seed: int = 0,
-    seed: int = 0,
-    crop_size: int = 320,
-    cut_sizes: Sequence[int] | None = None,
-    flip_p: float = 0.5,
-    k_range: tuple[int, int] = (1, 30),
-    cache: bool = True,
-    cache_dir: PathLike | None = None,
-    cache_backgrounds: bool = True,
-    workers: int | None = None,
-    progress: bool = True,
-    photo_dir: PathLike | None = "auto",
-) -> tuple[AdobeDataset, ExampleSet | None]:
-    """Training dataset and fixed validation examples from one data folder.
-
-    ``root``: an Adobe-style folder (see ``data/sources.py``), or "synthetic" for the
-    built-in set; explicit ``fg_dirs``/``alpha_dirs``/``bg_dir``/name lists override what
-    is found there (or replace ``root`` altogether).
-    Validation: ``val_dir`` (any layout ``open_testset`` reads) when given, else the
-    ``val/`` folder beside the data (the synthetic set has one), else the foregrounds are
-    split (``val_fraction``, ``split_seed``; no foreground in both) and ``val_n`` held-out
-    composites (output-size crops, or whole images with ``val_full_size``) are written once
-    under ``<cache_dir>/valsets/`` and reused. Returns (train dataset, validation examples
-    or None when val_fraction = 0 and no validation folder exists). ``photo_dir``: the
-    built-in set's photographs (``data.synthetic.list_photos``; "synthetic" only).
-    """
-    found_val = None
-    if root is not None:
-        if str(root) == "synthetic":
-            root = _synthetic_root(photo_dir)
-            if root is None:
-                raise DataSourceError("the built-in synthetic set (data/synthetic.py) is missing")
-        lay = find_layout(root, bg_dir)
-        fg_dirs = fg_dirs if fg_dirs is not None else lay.fg_dirs
-        alpha_dirs = alpha_dirs if alpha_dirs is not None else lay.alpha_dirs
-        bg_dir = lay.bg_dir
-        fg_names = fg_names if fg_names is not None else lay.fg_names
-        bg_names = bg_names if bg_names is not None else lay.bg_names
-        found_val = lay.val_dir
-    if fg_dirs is None or alpha_dirs is None or bg_dir is None:
-        raise DataSourceError(
-            "no training data given: pass a data root, or foreground, alpha and background folders"
-        )
-    sources = find_sources(
-        fg_dirs,
-        alpha_dirs,
-        bg_dir,
-        fg_names=fg_names,
-        bg_names=bg_names,
-        bg_per_fg=bg_per_fg,
-        seed=seed,
-    )
-    ds_kw = dict(
-        crop_size=crop_size,
-        cut_sizes=cut_sizes,
-        flip_p=flip_p,
-        k_range=k_range,
-        seed=seed,
-        cache=cache,
-        cache_dir=cache_dir,
-        cache_backgrounds=cache_backgrounds,
-        workers=workers,
-        progress=progress,
-    )
-    if val_dir is not None or found_val is not None:
-        return AdobeDataset(sources, **ds_kw), open_testset(val_dir or found_val)
-    if val_fraction <= 0:
-        return AdobeDataset(sources, **ds_kw), None
-    train_src, val_src = sources.split(val_fraction, split_seed)
-    if len(val_src) == 0:
-        raise DataSourceError(
-            f"val_fraction={val_fraction} leaves no validation foreground out of "
-            f"{len(sources.foregrounds)}; pass val_fraction=0 or a validation folder"
-        )
-    train = AdobeDataset(train_src, **ds_kw)
-    size = None if val_full_size else crop_size
-    manifest = validation_manifest(val_src, val_n, seed, size, k_range, cut_sizes)
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = base / "valsets" / f"val-{manifest_digest(manifest)}"
-    store = train.store if not isinstance(train.store, DecodingStore) else None
-    if isinstance(store, CachedStore):
-        store.build(val_src.foregrounds, val_src.backgrounds, workers, progress)
-    build_validation_set(
-        val_src, out, val_n, seed, size, k_range=k_range, cut_sizes=cut_sizes, store=store
-    )
-    return train, open_testset(out)
-
-
-# --- demo data (self-test when data/synthetic.py is absent, benchmarks, tests) ---------------
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
-    """float32 (h, w) in [0, 1]: random grid of ``cells`` per long side, bicubic-upscaled."""
-    gh, gw = max(2, cells * h // max(h, w) + 2), max(2, cells * w // max(h, w) + 2)
-    out = cv2.resize(rng.random((gh, gw), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    lo, hi = float(out.min()), float(out.max())
-    return (out - lo) / max(hi - lo, 1e-6)
-
-
-def demo_foreground(
-    rng: np.random.Generator, h: int, w: int, band: float = 0.04
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random smooth blob with a soft edge (unknown band) and a few thin strands.
-
-    Returns (uint8 (h, w, 3) RGB with photo-like noise, uint8 (h, w) alpha).
-    """
-    field = _smooth_noise(rng, h, w, 4)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    centre = 1.0 - np.hypot((yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2))
-    f = 0.6 * field + 0.6 * centre
-    a = np.clip((f - 0.55) / band + 0.5, 0.0, 1.0)
-    strands = np.zeros((h, w), np.uint8)
-    for _ in range(12):
-        p = (int(rng.integers(w)), int(rng.integers(h)))
-        q = (int(p[0] + rng.normal(0, w / 6)), int(p[1] + rng.normal(0, h / 6)))
-        cv2.line(strands, p, q, int(rng.integers(80, 256)), 1, cv2.LINE_AA)
-    a = np.maximum(a, strands.astype(np.float32) / 255.0)
-    alpha = np.rint(a * 255).astype(np.uint8)
-    colour = np.stack([_smooth_noise(rng, h, w, 6) for _ in range(3)], -1) * 200 + 30
-    colour += rng.normal(0, 4, colour.shape).astype(np.float32)
-    return np.clip(np.rint(colour), 0, 255).astype(np.uint8), alpha
-
-
-def demo_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A random textured background: uint8 (h, w, 3) RGB."""
-    base = np.stack([_smooth_noise(rng, h, w, 8) for _ in range(3)], -1) * 220 + 15
-    base += rng.normal(0, 6, base.shape).astype(np.float32)
-    return np.clip(np.rint(base), 0, 255).astype(np.uint8)
-
-
-def make_demo_folder(
-    root: PathLike,
-    n_fg: int = 6,
-    n_bg: int = 12,
-    fg_hw: tuple[int, int] = (360, 480),
-    bg_hw: tuple[int, int] = (240, 320),
-    bg_per_fg: int = 4,
-    seed: int = 0,
-) -> Path:
-    """Write a small Adobe-like folder: fg/*.png, alpha/*.png, bg/*.jpg and both name lists
-    (fg i uses list lines bg_per_fg*i ..). Sizes are (H, W). Returns ``root``."""
-    r = Path(root)
-    for d in ("fg", "alpha", "bg"):
-        (r / d).mkdir(parents=True, exist_ok=True)
-    fg_names = [f"fg_{i:03d}.png" for i in range(n_fg)]
-    bg_names = [f"bg_{j:03d}.jpg" for j in range(n_bg)]
-    for i, name in enumerate(fg_names):
-        fg, alpha = demo_foreground(np.random.default_rng([seed, 1, i]), *fg_hw)
-        write_png(r / "fg" / name, fg)
-        write_png(r / "alpha" / name, alpha)
-    for j, name in enumerate(bg_names):
-        bg = demo_background(np.random.default_rng([seed, 2, j]), *bg_hw)
-        _, buf = cv2.imencode(".jpg", cv2.cvtColor(bg, cv2.COLOR_RGB2BGR))
-        buf.tofile(r / "bg" / name)
-    listed = [bg_names[(i * bg_per_fg + k) % n_bg] for i in range(n_fg) for k in range(bg_per_fg)]
-    (r / "training_fg_names.txt").write_text("".join(n + "\n" for n in fg_names))
-    (r / "training_bg_names.txt").write_text("".join(n + "\n" for n in listed))
-    return r
-
-
 # --- self-test -------------------------------------------------------------------------------
 def check_sample(data: torch.Tensor, label: torch.Tensor, size: int) -> list[str]:
     """Problems with one (data, label) pair: shapes, dtypes, ranges, the composite identity."""
@@ -449,11 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--visdom-port", type=int, default=8097)
     p.add_argument("--no-visdom", action="store_true", help="write the grid to --out only")
     args = p.parse_args(argv)
+    # Self-test only: the dataset itself needs none of these (nor the visualisation layer).
+    from data.demo import make_demo_folder
+    from data.trainval import synthetic_root
+    from utils.visualization import Visualizer
 
     tmp = None
     root = args.root
     if root is None and not args.fg_dir:
-        root = _synthetic_root()
+        root = synthetic_root()
         if root is None:
             tmp = tempfile.TemporaryDirectory(prefix="dim_demo_")
             root = make_demo_folder(tmp.name)

@@ -42,9 +42,9 @@ if __package__ in (None, ""):
 import numpy as np
 
 from data import compose
+from data.cache import DecodingStore
 from data.sources import (
     DataSourceError,
-    DecodingStore,
     MattingSources,
     list_images,
     raise_problems,

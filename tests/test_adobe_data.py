@@ -11,15 +11,11 @@ import pytest
 import torch
 
 from data import layout
-from data.py_adobe_data import (
-    AdobeDataset,
-    build_train_val,
-    main,
-    make_demo_folder,
-    worker_init_fn,
-)
+from data.demo import make_demo_folder
+from data.py_adobe_data import AdobeDataset, main, worker_init_fn
 from data.sources import DataSourceError, find_layout, find_sources, match_foregrounds
 from data.testsets import ExampleSet
+from data.trainval import build_train_val
 from utils.image_io import write_png
 
 S = 64  # output size of every sample in these tests

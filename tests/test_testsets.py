@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data import compose
-from data.py_adobe_data import make_demo_folder
+from data.demo import make_demo_folder
 from data.sources import DataSourceError, find_layout, find_sources
 from data.testsets import (
     ExampleSet,

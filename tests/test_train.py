@@ -297,7 +297,7 @@ def test_loader_workers_start_after_the_main_process_used_opencv(tmp_path):
     """Regression: an Adobe folder without val/ makes the trainer composite its validation set
     in the main process (OpenCV's thread pool running) before DataLoader workers fork; a
     cv2.setNumThreads call inside the workers then deadlocked the first batch."""
-    from data.py_adobe_data import make_demo_folder
+    from data.demo import make_demo_folder
 
     root = make_demo_folder(tmp_path / "adobe", n_fg=6, n_bg=6, fg_hw=(120, 160), bg_hw=(96, 128))
     t = make_trainer([*argv(root, tmp_path / "runs", 1, "--workers", "2"), "--val-limit", "1"])
