@@ -105,8 +105,7 @@ def bench_kwargs(name: str, args: argparse.Namespace, results: dict[str, dict]) 
 
 
 # --- the table -------------------------------------------------------------------------------
-def _verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("met" if ok else "NOT met")
+_verdict = common.verdict
 
 
 def data_rows(r: dict) -> list[list[str]]:
@@ -204,10 +203,104 @@ def infer_rows(r: dict) -> list[list[str]]:
     return rows
 
 
-def train_rows(r: dict) -> list[list[str]]:
-    from benchmarks import bench_train
+def train_rows(res: dict) -> list[list[str]]:
+    """Rows of bench_train's results (what, measured, target, verdict)."""
+    from benchmarks import bench_train  # torch and torchvision: only when a train row is due
 
-    return bench_train.summary_rows(r)
+    kind = res["device"]
+    out: list[list[str]] = []
+    targets = res.get("targets", {})
+
+    def verdict(key: str) -> str:
+        return common.verdict(targets[key]["met"] if key in targets else None)
+
+    size = f"{res['size']}x{res['size']}"
+    for stage in (1, 3):
+        r = bench_train._find(res, stage, "ours", res["default_variant"])
+        if r is not None:
+            mem = "GPU" if kind == "cuda" else "RSS"
+            out.append(
+                [
+                    f"train stage {stage} {size} b{r['batch']} {kind} {r['variant']}",
+                    f"{r['samples_per_s']:.2f} samples/s, peak {mem} {r['peak_mb']:.0f} MB",
+                    "",
+                    "",
+                ]
+            )
+    if "channels_last_speedup_fp32" in res:
+        out.append(
+            [
+                f"train {kind} channels_last vs default format (stage 1, fp32)",
+                f"{res['channels_last_speedup_fp32']:.2f}x",
+                "",
+                "",
+            ]
+        )
+    if "reference_ratio" in res:
+        out.append(
+            [
+                f"train vs torchvision VGG16-BN reference ({res['reference_ratio_variant']})",
+                f"{res['reference_ratio']:.2f}x",
+                f">= {bench_train.TARGET_REFERENCE_RATIO:g}x",
+                verdict("reference_ratio"),
+            ]
+        )
+    if "cpu_bf16_speedup_vs_fp32_cl" in res:
+        out.append(
+            [
+                "train CPU bf16 vs fp32 (stage 1, channels_last, same run)",
+                f"{res['cpu_bf16_speedup_vs_fp32_cl']:.2f}x"
+                + ("" if res.get("cpu_native_bf16") else " (no native bf16 on this CPU)"),
+                "",
+                "",
+            ]
+        )
+    fl = res["flops_per_sample"].get("stage1")
+    if fl:
+        out.append(["model FLOPs / sample (fwd+bwd, stage 1)", f"{fl / 1e9:.1f} GFLOP", "", ""])
+    if kind == "cuda":
+        if "bf16_cl_speedup_stage1" in res:
+            out.append(
+                [
+                    "train bf16 + channels_last vs fp32 (stage 1)",
+                    f"{res['bf16_cl_speedup_stage1']:.2f}x",
+                    f">= {bench_train.TARGET_BF16_SPEEDUP}x",
+                    verdict("bf16_cl_speedup_stage1"),
+                ]
+            )
+        if "fraction_of_peak_stage1" in res:
+            out.append(
+                [
+                    f"train share of dense bf16 peak ({res['peak_bf16_tflops']:g} TFLOP/s)",
+                    f"{100 * res['fraction_of_peak_stage1']:.1f}%",
+                    f">= {100 * bench_train.TARGET_MFU:.0f}%",
+                    verdict("fraction_of_peak_stage1"),
+                ]
+            )
+    e2e = res.get("end_to_end")
+    if e2e and "samples_per_s" in e2e:
+        out.append(
+            [
+                f"train end-to-end, DataLoader {e2e['workers']} workers",
+                f"{e2e['samples_per_s']:.2f} samples/s ({e2e['ratio_to_model_only']:.2f}x "
+                f"model-only), {100 * e2e['data_wait_fraction']:.1f}% waiting for data",
+                f"<= {100 * bench_train.LOADER_MAX_WAIT:.0f}% waiting",
+                verdict("loader_keeps_up"),
+            ]
+        )
+        out.append(
+            [
+                "data workers needed to feed the model",
+                f"{e2e['workers_needed']} ({e2e['workers_needed_exact']:.3f} at "
+                f"{e2e['per_worker_samples_per_s_used']:.0f} samples/s per worker)",
+                "",
+                "",
+            ]
+        )
+    errors = [r for r in res["rows"] if "error" in r]
+    for r in errors:
+        out.append([f"train stage {r['stage']} {r['model']} {r['variant']}", "ERROR", "", ""])
+    return out
 
 
 SUMMARISERS = {"data": data_rows, "metrics": metrics_rows, "train": train_rows, "infer": infer_rows}

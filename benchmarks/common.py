@@ -8,6 +8,7 @@ Nothing here imports project code, so any ``benchmarks/bench_*.py`` can use it.
     median(xs)                the median of a non-empty list of floats
     write_json(path, obj)     atomic JSON write; NaN/inf become null (strict JSON)
     markdown_table(head, rows) a GitHub-flavoured Markdown table as one string
+    verdict(ok)               "met" / "NOT met" / "-" for a target
 """
 
 from __future__ import annotations
@@ -247,6 +248,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def verdict(ok: bool | None) -> str:
+    """How every benchmark table states a target: "met", "NOT met", or "-" (no target)."""
+    return "-" if ok is None else ("met" if ok else "NOT met")
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
