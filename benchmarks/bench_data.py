@@ -11,7 +11,7 @@ backgrounds, then times one process drawing 320x320 samples in the layout of dat
 (b) project path: AdobeDataset with the decoded cache (memory-mapped uint8 arrays), so a
     sample costs a crop, a resize and a composite.
 
-Targets (issue 3): (b) >= 10x (a) and >= 200 samples/s per process at 320x320.
+Targets: (b) >= 10x (a) and >= 200 samples/s per process at 320x320.
 ``--json PATH`` writes the figures as one flat JSON object (``samples_per_s`` = (b),
 ``speedup_vs_naive`` = (b)/(a)); ``--workers N`` adds a DataLoader row with N workers.
 

@@ -21,7 +21,7 @@ Whole-image cases whose estimated memory (1.5 GB per megapixel on CPU) exceeds
 
 ``--quick`` (< 60 s on 2 cores): 800x600 whole, and a small tiled case (400x300, 128-px tiles,
 one window run) that exercises the tiled path.
-Target (issue 8): 4000x3000 runs within 8 GB of RAM on CPU and of GPU memory (tiled).
+Target: 4000x3000 runs within 8 GB of RAM on CPU and of GPU memory (tiled).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ uint8 as the official protocol reads them from PNG. Single thread (cv2.setNumThr
 
     python benchmarks/bench_metrics.py [--quick] [--repeat 5] [--json out.json]
 
-Targets (issue 5): all four together <= 0.15 s on one core, >= 5x the literal reference.
+Targets: all four together <= 0.15 s on one core, >= 5x the literal reference.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ state, the previous step's gradients; a lower bound: malloc may reuse freed resi
 
 ``--quick``: 64x64 crops, batch 2, one warm-up and two timed steps, only our fp32 and the
 default variants (a smoke test of the code paths and the JSON, ~30-60 s on 2 shared cores).
-Targets (issue 8): on an H100-class GPU bf16 + channels_last >= 1.8x the fp32 samples/s of
+Targets: on an H100-class GPU bf16 + channels_last >= 1.8x the fp32 samples/s of
 stage 1 and >= 35% of the dense bf16 peak in model FLOPs, and the loader with 16 workers
 delivering more than the model consumes; on CPU our step no slower than the reference.
 """

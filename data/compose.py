@@ -9,7 +9,7 @@ Every random choice takes an ``np.random.Generator`` argument, so a sample is a 
   (y0, x0). Training crops always lie inside the image (:func:`crop_origin`); the generic
   :func:`crop_padded` also accepts windows that run past it and zero-pads the outside.
 
-One training sample (:func:`make_sample`), following the paper (REFERENCE.md section 1):
+One training sample (:func:`make_sample`), as the paper draws them (Xu et al. 2017):
 
 1. the side of the window to cut drawn from ``cut_sizes``, capped at the image's short side
    (:func:`fit_cut`); it is resized to ``crop_size``, the side the network sees;
