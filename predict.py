@@ -5,6 +5,10 @@ Examples (from the repository root)::
     python predict.py --checkpoint runs/demo --image photo.jpg --trimap photo_trimap.png
     python predict.py --checkpoint runs/demo/stage3/best.pt --image photos/ --trimap trimaps/ \\
         --out matted/ --background beach.jpg
+    # no trimap? a rough mask (a segmentation output, an editor's quick selection) will do
+    python predict.py --checkpoint runs/demo --image photo.jpg --mask photo_mask.png --band 1.5%
+    # no trained model? classical closed-form matting
+    python predict.py --method closed-form --image photo.jpg --mask photo_mask.png
 
 ``--image`` and ``--trimap`` are files or folders (matched by file stem: ``photos/cat.jpg`` goes
 with ``trimaps/cat.png``). For each image NAME, ``--out`` (default ``out/``) receives:
@@ -14,6 +18,14 @@ with ``trimaps/cat.png``). For each image NAME, ``--out`` (default ``out/``) rec
                         method (``--fg-method ml``; ``none`` keeps the image's colours, faster)
     NAME_composite.png  with ``--background IMG``: the cut-out over IMG, which is scaled to cover
                         the image and centre-cropped
+    NAME_trimap.png     with ``--mask``: the trimap that was used (edit it and pass ``--trimap``)
+    NAME_method.txt     which method (and checkpoint) made the alpha
+
+``--mask``: a binary or soft object mask the size of the image; the trimap is the training
+data's morphology with an unknown band of ``--band`` pixels (or a percentage of the image
+diagonal, default 1%) on each side of the mask's edge; soft values between 16 and 240 are
+unknown too. An empty mask, a full mask or a band wider than the object is an error that says
+what to change.
 
 Trimaps are 8-bit grey (or RGB with equal channels) with exactly 0 = background, 128 = unknown,
 255 = foreground. JPEG-compressed or anti-aliased trimaps have other values near edges and
@@ -53,11 +65,12 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    """One image to matte: output stem, image file, trimap file."""
+    """One image to matte: output stem, image file, and its trimap file or rough mask file."""
 
     name: str
     image: Path
-    trimap: Path
+    guide: Path
+    kind: str = "trimap"  # "trimap" or "mask"
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -73,23 +86,24 @@ def _images_in(folder: Path) -> dict[str, Path]:
     return files
 
 
-def pair_inputs(image: str | Path, trimap: str | Path) -> list[Job]:
-    """Match images with trimaps: file + file, file + folder (by stem) or folder + folder."""
+def pair_inputs(image: str | Path, trimap: str | Path, kind: str = "trimap") -> list[Job]:
+    """Match images with trimaps (or masks, ``kind="mask"``): file + file, file + folder (by
+    stem) or folder + folder."""
     image, trimap = Path(image), Path(trimap)
-    for what, p in (("--image", image), ("--trimap", trimap)):
+    for what, p in (("--image", image), (f"--{kind}", trimap)):
         if not p.exists():
             raise InputError(f"{what} {p} does not exist")
     if image.is_file():
         if trimap.is_file():
-            return [Job(image.stem, image, trimap)]
+            return [Job(image.stem, image, trimap, kind)]
         tri = _images_in(trimap).get(image.stem)
         if tri is None:
-            raise InputError(f"no trimap named {image.stem}.* in {trimap} for {image}")
-        return [Job(image.stem, image, tri)]
+            raise InputError(f"no {kind} named {image.stem}.* in {trimap} for {image}")
+        return [Job(image.stem, image, tri, kind)]
     if trimap.is_file():
         raise InputError(
-            f"--image {image} is a folder but --trimap {trimap} is one file: pass a folder of "
-            "trimaps named like the images"
+            f"--image {image} is a folder but --{kind} {trimap} is one file: pass a folder of "
+            f"{kind}s named like the images"
         )
     images, trimaps = _images_in(image), _images_in(trimap)
     if not images:
@@ -97,10 +111,10 @@ def pair_inputs(image: str | Path, trimap: str | Path) -> list[Job]:
     missing = [n for n in images if n not in trimaps]
     if missing:
         raise InputError(
-            f"{len(missing)} image(s) in {image} have no trimap with the same stem in {trimap}: "
+            f"{len(missing)} image(s) in {image} have no {kind} with the same stem in {trimap}: "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
-    return [Job(n, p, trimaps[n]) for n, p in images.items()]
+    return [Job(n, p, trimaps[n], kind) for n, p in images.items()]
 
 
 def check_trimap(trimap: np.ndarray, path: str | Path) -> None:
@@ -130,23 +144,57 @@ def check_trimap(trimap: np.ndarray, path: str | Path) -> None:
     )
 
 
-def read_inputs(job: Job, snap: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Read and check one pair: (RGB uint8 (H, W, 3), trimap uint8 (H, W) in {0, 128, 255})."""
+def read_inputs(job: Job, snap: bool = False, band: str = "1%") -> tuple[np.ndarray, np.ndarray]:
+    """Read and check one pair: (RGB uint8 (H, W, 3), trimap uint8 (H, W) in {0, 128, 255}).
+    A mask job's trimap is built with :func:`data.compose.trimap_from_mask` (``band``: pixels
+    or a percentage of the image diagonal)."""
     image = read_rgb(job.image)
-    trimap = read_gray(job.trimap)
-    if image.shape[:2] != trimap.shape:
+    guide = read_gray(job.guide)
+    if image.shape[:2] != guide.shape:
         raise InputError(
-            f"image {job.image} is {image.shape[1]}x{image.shape[0]} (WxH) but trimap "
-            f"{job.trimap} is {trimap.shape[1]}x{trimap.shape[0]}: they must be the same size "
-            "(resize the trimap with nearest-neighbour interpolation)"
+            f"image {job.image} is {image.shape[1]}x{image.shape[0]} (WxH) but {job.kind} "
+            f"{job.guide} is {guide.shape[1]}x{guide.shape[0]}: they must be the same size "
+            f"(resize the {job.kind} to the image with nearest-neighbour interpolation)"
         )
+    if job.kind == "mask":
+        return image, mask_to_trimap(guide, job.guide, band)
     if snap:
-        trimap = compose.quantize_trimap(trimap)
+        trimap = compose.quantize_trimap(guide)
     else:
-        check_trimap(trimap, job.trimap)
+        check_trimap(guide, job.guide)
+        trimap = guide
     if not (trimap == 128).any():
-        log.warning("%s has no unknown (128) pixels: the alpha is the trimap itself", job.trimap)
+        log.warning("%s has no unknown (128) pixels: the alpha is the trimap itself", job.guide)
     return image, trimap
+
+
+def mask_to_trimap(mask: np.ndarray, path: str | Path, band: str = "1%") -> np.ndarray:
+    """A rough mask (binary or soft, 8-bit) -> trimap, with errors that say what to do."""
+    obj = mask >= 128
+    if not obj.any():
+        raise InputError(f"mask {path} is empty (no pixel >= 128): paint the object white on black")
+    if obj.all():
+        raise InputError(
+            f"mask {path} covers the whole image: the object must not fill every pixel; "
+            "paint the background black"
+        )
+    try:
+        px = compose.band_pixels(band, mask.shape)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    trimap = compose.trimap_from_mask(mask, px)
+    if not (trimap == 255).any():
+        raise InputError(
+            f"mask {path}: a band of {px} px leaves no definite foreground (the object is "
+            f"thinner than the band): lower --band (now {band})"
+        )
+    if not (trimap == 0).any():
+        raise InputError(
+            f"mask {path}: a band of {px} px leaves no definite background: lower --band "
+            f"(now {band})"
+        )
+    log.info("%s: trimap from the mask with a %d px unknown band", Path(path).name, px)
+    return trimap
 
 
 # --- outputs ---------------------------------------------------------------------------------
@@ -189,11 +237,18 @@ def matte(
     **inference_kwargs,
 ) -> dict[str, np.ndarray]:
     """Run the whole pipeline on arrays: {"alpha": uint8 (H, W), "rgba": (H, W, 4),
-    "composite": (H, W, 3) when ``background`` is given}. ``inference_kwargs`` go to
+    "composite": (H, W, 3) when ``background`` is given}. ``model`` is a DIM network, or None
+    for closed-form matting (no checkpoint needed). ``inference_kwargs`` go to
     :func:`utils.inference.predict_alpha` (device, amp, tile, overlap, max_side)."""
     from utils.inference import predict_alpha
 
-    alpha = predict_alpha(model, image, trimap, **inference_kwargs)
+    if model is None:
+        from data.testsets import MattingExample
+        from utils.evaluation import closed_form
+
+        alpha = closed_form(MattingExample("input", image, trimap, None))
+    else:
+        alpha = predict_alpha(model, image, trimap, **inference_kwargs)
     alpha = np.round(alpha * 255.0).astype(np.uint8).astype(np.float32) / 255.0  # as saved
     fg = estimate_foreground(image, alpha, fg_method)
     out = {"alpha": np.round(alpha * 255.0).astype(np.uint8), "rgba": cutout(fg, alpha)}
@@ -219,8 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stage", type=int, choices=(1, 2, 3), help="refuse a checkpoint of another stage"
     )
+    p.add_argument(
+        "--method",
+        choices=("dim", "closed-form"),
+        default="dim",
+        help="dim: the checkpoint; closed-form: classical matting, no checkpoint needed",
+    )
     p.add_argument("--image", required=True, help="an image file or a folder of images")
-    p.add_argument("--trimap", required=True, help="a trimap file or a folder (same stems)")
+    guide = p.add_mutually_exclusive_group(required=True)
+    guide.add_argument("--trimap", help="a trimap file or a folder (same stems)")
+    guide.add_argument(
+        "--mask",
+        help="instead of a trimap: a rough object mask (binary or soft; file or folder, same "
+        "stems); the trimap is built around its edge and written as NAME_trimap.png",
+    )
+    p.add_argument(
+        "--band",
+        default="1%",
+        help="with --mask: unknown band on each side of the mask edge, pixels (12) or a "
+        "percentage of the image diagonal (1.5%%)",
+    )
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--background", help="composite the cut-out on this image")
     p.add_argument("--fg-method", choices=("ml", "none"), default="ml", help="foreground colours")
@@ -247,15 +320,23 @@ def _run(args) -> int:
     from utils.device import check_amp, pick_device
     from utils.inference import load_model_for_inference
 
-    jobs = pair_inputs(args.image, args.trimap)
+    if args.method == "closed-form" and (args.checkpoint or args.stage):
+        raise InputError("--method closed-form needs no checkpoint: drop --checkpoint/--stage")
+    if args.mask:
+        jobs = pair_inputs(args.image, args.mask, kind="mask")
+    else:
+        jobs = pair_inputs(args.image, args.trimap)
     background = read_rgb(args.background) if args.background else None
     try:
         device = pick_device(args.device)
         check_amp(args.amp, device)
     except (ValueError, RuntimeError) as e:
         raise InputError(str(e)) from e
-    model, state, ckpt = load_model_for_inference(args.checkpoint, device, stage=args.stage)
-    log.info("checkpoint %s (stage %s) on %s", ckpt, state.get("stage"), device)
+    model, label = None, "closed-form matting (Levin et al. 2008, pymatting)"
+    if args.method == "dim":
+        model, state, ckpt = load_model_for_inference(args.checkpoint, device, stage=args.stage)
+        label = f"Deep Image Matting, {ckpt} (stage {state.get('stage')})"
+    log.info("method: %s on %s", label, device)
     out = Path(args.out)
     kwargs = dict(
         device=device,
@@ -265,10 +346,13 @@ def _run(args) -> int:
         max_side=args.max_side or None,
     )
     for job in tqdm(jobs, desc="matting", unit="img", disable=len(jobs) == 1):
-        image, trimap = read_inputs(job, snap=args.snap_trimap)
+        image, trimap = read_inputs(job, snap=args.snap_trimap, band=args.band)
         t0 = time.perf_counter()
         result = matte(model, image, trimap, args.fg_method, background, **kwargs)
+        if job.kind == "mask":
+            result["trimap"] = trimap  # the trimap used: fix it by hand and pass --trimap
         written = [write_png(out / f"{job.name}_{kind}.png", arr) for kind, arr in result.items()]
+        (out / f"{job.name}_method.txt").write_text(label + "\n", encoding="utf-8")
         log.info(
             "%s: %dx%d in %.1f s -> %s",
             job.name,

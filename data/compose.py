@@ -113,6 +113,40 @@ def band_kernel(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
+def trimap_from_mask(mask: np.ndarray, band: int, soft: tuple[int, int] = (16, 240)) -> np.ndarray:
+    """Trimap from a rough object mask (a segmentation output, an editor's selection): the
+    training morphology (:func:`morph_trimap` with disc kernels) with an unknown band of
+    ``band`` pixels on each side of the mask's edge.
+
+    mask: (H, W) uint8 0-255 (or float in [0, 1]); values below ``soft[0]`` count as
+    background, above ``soft[1]`` as object, anything between (a soft mask's uncertain zone)
+    is unknown as well. Returns uint8 (H, W) in {0, 128, 255}.
+    """
+    if band < 1:
+        raise ValueError(f"band must be at least 1 pixel, got {band}")
+    m = _as_alpha_u8(mask)
+    lo, hi = soft
+    cleaned = np.where(m < lo, 0, np.where(m > hi, 255, 128)).astype(np.uint8)
+    k = disc_kernel(2 * int(band) + 1)
+    return morph_trimap(cleaned, k, k)
+
+
+def band_pixels(spec: str | float, hw: tuple[int, int]) -> int:
+    """``--band``: "12" pixels, or "1.5%" of the image diagonal (at least 1 pixel)."""
+    text = str(spec).strip()
+    try:
+        if text.endswith("%"):
+            value = float(text[:-1]) / 100.0 * math.hypot(*hw)
+        else:
+            value = float(text)
+    except ValueError:
+        raise ValueError(f"--band {spec!r}: expected pixels (e.g. 12) or a percentage of the "
+                         "image diagonal (e.g. 1.5%)") from None  # fmt: skip
+    if not value > 0:
+        raise ValueError(f"--band {spec!r} must be positive")
+    return max(1, round(value))
+
+
 def trimap_from_alpha(
     alpha: np.ndarray, rng: np.random.Generator, k_range: tuple[int, int] = (1, 30)
 ) -> np.ndarray:

@@ -60,8 +60,10 @@ def test_cli_alpha_rgba_and_composite(checkpoint, inputs, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "cat_alpha.png",
         "cat_composite.png",
+        "cat_method.txt",
         "cat_rgba.png",
     ]
+    assert "Deep Image Matting" in (out / "cat_method.txt").read_text()
     image, trimap = read_rgb(inputs["image"]), read_gray(inputs["trimap"])
     alpha = read_gray(out / "cat_alpha.png")
     assert alpha.shape == trimap.shape
@@ -193,3 +195,91 @@ def test_composite_math():
     alpha = np.array([[0, 0.5], [1, 0.25]], np.float32)
     out = predict.composite_on(fg, alpha, bg)
     np.testing.assert_array_equal(out[..., 0], [[0, 128], [255, 64]])
+
+
+# --- from a rough mask -----------------------------------------------------------------------
+def _disc_mask(h=60, w=80, r=18, cy=30, cx=40) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).astype(np.uint8) * 255
+
+
+@pytest.mark.parametrize("band", [1, 3, 7])
+def test_trimap_from_mask_band_width(band):
+    """The unknown band reaches exactly ``band`` px on each side of the mask's edge."""
+    mask = _disc_mask()
+    tri = compose.trimap_from_mask(mask, band)
+    assert set(np.unique(tri)) == {0, 128, 255}
+    inside = cv2.distanceTransform((mask > 0).astype(np.uint8), cv2.DIST_L2, 5)
+    outside = cv2.distanceTransform((mask == 0).astype(np.uint8), cv2.DIST_L2, 5)
+    # object pixels deeper than band are foreground, background pixels farther than band
+    # are background, and everything within band of the edge is unknown
+    assert (tri[inside > band + 0.5] == 255).all() and (tri[outside > band + 0.5] == 0).all()
+    assert (tri[(inside > 0) & (inside <= band - 0.5)] == 128).all()
+    assert (tri[(outside > 0) & (outside <= band - 0.5)] == 128).all()
+
+
+def test_trimap_from_mask_odd_sizes_and_soft_masks():
+    mask = _disc_mask(37, 53, 12, 18, 26)
+    assert compose.trimap_from_mask(mask, 2).shape == (37, 53)
+    soft = cv2.GaussianBlur(mask, (0, 0), 4)  # a segmentation network's soft edge
+    tri = compose.trimap_from_mask(soft, 2)
+    uncertain = (soft >= 16) & (soft <= 240)
+    assert (tri[uncertain] == 128).all(), "the soft zone is unknown, whatever the band"
+    assert (tri == 255).any() and (tri == 0).any()
+    assert compose.trimap_from_mask(mask.astype(np.float32) / 255, 2).dtype == np.uint8
+
+
+def test_band_spec_pixels_or_percent_of_diagonal():
+    assert compose.band_pixels("12", (600, 800)) == 12
+    assert compose.band_pixels("1%", (600, 800)) == 10  # diagonal 1000
+    assert compose.band_pixels("0.01%", (60, 80)) == 1  # never below one pixel
+    for bad in ("abc", "-3", "0", "%"):
+        with pytest.raises(ValueError, match="--band"):
+            compose.band_pixels(bad, (600, 800))
+
+
+def test_mask_inputs_that_cannot_work_are_explained(tmp_path):
+    img = np.zeros((60, 80, 3), np.uint8)
+    write_png(tmp_path / "photo.png", img)
+    cases = {
+        "empty": (np.zeros((60, 80), np.uint8), "is empty"),
+        "full": (np.full((60, 80), 255, np.uint8), "covers the whole image"),
+        "small": (np.zeros((30, 40), np.uint8), "must be the same size"),
+        "thin": (_disc_mask(r=3), "no definite foreground"),
+    }
+    for name, (mask, message) in cases.items():
+        write_png(tmp_path / f"{name}.png", mask)
+        job = predict.Job("photo", tmp_path / "photo.png", tmp_path / f"{name}.png", "mask")
+        with pytest.raises(predict.InputError, match=message):
+            predict.read_inputs(job, band="5")
+    with pytest.raises(predict.InputError, match="--band"):
+        predict.read_inputs(
+            predict.Job("photo", tmp_path / "photo.png", tmp_path / "thin.png", "mask"), band="x"
+        )
+
+
+@pytest.mark.slow
+def test_cli_mask_and_closed_form_without_checkpoint(inputs, tmp_path):
+    """No trimap and no model: a rough mask + closed-form matting still gives a real matte,
+    labelled with its method, with the trimap used written beside it."""
+    trimap = read_gray(inputs["trimap"])
+    mask = np.where(trimap == 255, 255, 0).astype(np.uint8)
+    mask[trimap == 128] = 255 * (np.arange((trimap == 128).sum()) % 2)  # a rough selection
+    write_png(tmp_path / "cat_mask.png", mask)
+    out = tmp_path / "out"
+    argv = ["--method", "closed-form", "--image", str(inputs["image"]), "--fg-method", "none",
+            "--mask", str(tmp_path / "cat_mask.png"), "--band", "4", "--out", str(out)]  # fmt: skip
+    assert predict.main(argv) == 0
+    used = read_gray(out / "cat_trimap.png")
+    alpha = read_gray(out / "cat_alpha.png")
+    assert set(np.unique(used)) <= {0, 128, 255} and (used == 128).any()
+    assert (alpha[used == 0] == 0).all() and (alpha[used == 255] == 255).all()
+    assert 0 < np.mean((alpha > 0) & (alpha < 255))
+    assert "closed-form" in (out / "cat_method.txt").read_text()
+    # the written trimap goes back in as --trimap and gives the same matte
+    out2 = tmp_path / "out2"
+    argv2 = ["--method", "closed-form", "--image", str(inputs["image"]), "--trimap",
+             str(out / "cat_trimap.png"), "--out", str(out2), "--fg-method", "none"]  # fmt: skip
+    assert predict.main(argv2) == 0
+    np.testing.assert_array_equal(read_gray(out2 / "cat_alpha.png"), alpha)
+    assert predict.main([*argv, "--checkpoint", "x.pt"]) == 2
