@@ -89,7 +89,9 @@ def test_folders_in_folder_out(checkpoint, inputs, tmp_path):
     argv += ["--image", str(inputs["dir"] / "images"), "--trimap", str(inputs["dir"] / "trimaps")]
     assert predict.main([*argv, "--out", str(out), "--stage", "2"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["cat_alpha.png", "cat_rgba.png", "dog_alpha.png", "dog_rgba.png"]
+    assert names == [
+        f"{n}_{k}" for n in ("cat", "dog") for k in ("alpha.png", "method.txt", "rgba.png")
+    ]
     # --fg-method none keeps the image's colours in the cut-out
     rgba = read_rgba(out / "dog_rgba.png")
     np.testing.assert_array_equal(rgba[..., :3], read_rgb(inputs["dir"] / "images" / "dog.png"))
