@@ -33,6 +33,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
+
 from benchmarks import common
 from utils.evaluation import closed_form, evaluate_model, load_examples, score, trimap_only
 from utils.inference import load_model_for_inference
@@ -151,6 +153,23 @@ def recipe_curves(run_dir: Path, stages: list[int]) -> dict[str, dict[str, list]
     return {g: t for g, t in history.items() if t}
 
 
+def teaser(checkpoint: Path, example, background: np.ndarray, width: int = 360) -> np.ndarray:
+    """One row for the README: image | trimap | predicted alpha | cut-out on ``background``,
+    each ``width`` px wide. RGB uint8."""
+    import cv2
+
+    import predict
+
+    model, _, _ = load_model_for_inference(checkpoint, "cpu")
+    out = predict.matte(model, example.image, example.trimap, "ml", background, device="cpu")
+    tiles = [example.image, example.trimap, out["alpha"], out["composite"]]
+    h, w = example.trimap.shape
+    size = (width, round(width * h / w))
+    rgb = [np.dstack([t] * 3) if t.ndim == 2 else t for t in tiles]
+    tiles = [cv2.resize(t, size, interpolation=cv2.INTER_AREA) for t in rgb]
+    return np.concatenate(tiles, axis=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", choices=sorted(RECIPES), required=True)
@@ -166,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         help="cache of the baseline scores",
     )
     p.add_argument("--curves", type=Path, default=None, help="write the curves here (PNG)")
+    p.add_argument(
+        "--teaser",
+        type=Path,
+        default=None,
+        help="write image | trimap | alpha | composite of the last stage on a real photo (PNG)",
+    )
+    p.add_argument("--teaser-image", default="GT04", help="which real photograph")
     p.add_argument("extra", nargs="*", help="more trainer flags for every stage (after --)")
     a = p.parse_args(argv)
     run_name = a.run_name or f"recipe-{a.recipe}"
@@ -208,6 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         title = f"recipe {a.recipe}: {' -> '.join(f'stage {i}' for i in stage_ids)}"
         marks = ("synthetic val SAD", "real-photo SAD")
         write_png(a.curves, render_curves(curves, title, marker_groups=marks))
+    if a.teaser and a.real is not None:
+        from data.synthetic import list_photos
+        from utils.image_io import read_rgb, write_png
+
+        real = dict(sets)["real Trimap1"]
+        example = real[real.names.index(a.teaser_image)]
+        photos = {p.name: p for p in list_photos("auto")}
+        background = read_rgb(photos["coffee.png"]) if "coffee.png" in photos else None
+        last = int(RECIPES[a.recipe][-1][1])
+        ckpt = a.runs_dir / run_name / f"stage{last}" / "best.pt"
+        write_png(a.teaser, teaser(ckpt, example, background))
     if a.json:
         common.write_json(a.json, result)
         a.json.with_suffix(".md").write_text(md + "\n")

@@ -890,14 +890,19 @@ def _mp_context():
     return multiprocessing.get_context("spawn")
 
 
-def _list_user_bgs(bg_dir: str | os.PathLike) -> list[Path]:
-    d = Path(bg_dir)
+def _image_folder(folder: str | os.PathLike, flag: str) -> list[Path]:
+    """The images in ``folder``, sorted; FileNotFoundError naming ``flag`` when there are none."""
+    d = Path(folder)
     if not d.is_dir():
-        raise FileNotFoundError(f"--bg-dir {d}: not a folder")
+        raise FileNotFoundError(f"{flag} {d}: not a folder")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
-        raise FileNotFoundError(f"--bg-dir {d}: no images ({', '.join(IMAGE_EXTS)}) found")
+        raise FileNotFoundError(f"{flag} {d}: no images ({', '.join(IMAGE_EXTS)}) found")
     return files
+
+
+def _list_user_bgs(bg_dir: str | os.PathLike) -> list[Path]:
+    return _image_folder(bg_dir, "--bg-dir")
 
 
 def skimage_photo_dir() -> Path | None:
@@ -925,13 +930,7 @@ def list_photos(photo_dir: str | os.PathLike | None = "auto") -> list[Path]:
         if folder is None:
             return []
         return [folder / n for n in SKIMAGE_PHOTOS if (folder / n).is_file()]
-    d = Path(photo_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"--photo-dir {d}: not a folder")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise FileNotFoundError(f"--photo-dir {d}: no images ({', '.join(IMAGE_EXTS)}) found")
-    return files
+    return _image_folder(photo_dir, "--photo-dir")
 
 
 # --- cache -----------------------------------------------------------------------------------
