@@ -105,10 +105,33 @@ class TrainerError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+def number(kind: type, low: float, *, strict: bool = False):
+    """argparse type: an int/float ``>= low`` (``> low`` when ``strict``), finite; a bad value
+    is refused where it is parsed, with the allowed range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not math.isfinite(value) or (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        return value
+
+    return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the flag (exit status 2), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--stage", type=int, choices=(1, 2, 3), required=True, help="training stage")
     g = p.add_argument_group("data")
@@ -131,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation set in Composition-1k layout (default: built from held-out "
         "foregrounds, or the synthetic set's val split)",
     )
-    g.add_argument("--val-limit", type=int, default=None, help="validate on the first N images")
+    g.add_argument(
+        "--val-limit", type=number(int, 1), default=None, help="validate on the first N images"
+    )
     g.add_argument(
         "--real-val",
         type=Path,
@@ -140,18 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
         "an alphamatting.com folder) every --real-val-every epochs; logged beside the "
         "validation curves, never used to pick best.pt",
     )
-    g.add_argument("--real-val-every", type=int, default=1, help="epochs between real-photo scores")
+    g.add_argument(
+        "--real-val-every", type=number(int, 1), default=1, help="epochs between real-photo scores"
+    )
     g.add_argument(
         "--real-val-trimap", default="Trimap1", help="trimap set of an alphamatting.com folder"
     )
-    g.add_argument("--crop-size", type=int, default=None, help="training crop side (preset)")
+    g.add_argument(
+        "--crop-size", type=number(int, 32), default=None, help="training crop side (preset)"
+    )
     g.add_argument(
         "--photo-dir",
         default="auto",
         help="built-in set only: photographs mixed into its training backgrounds and textures "
         "(a folder; 'auto': the ones scikit-image ships; 'none')",
     )
-    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    g.add_argument("--workers", type=number(int, 0), default=2, help="DataLoader worker processes")
     g.add_argument(
         "--no-bg-cache",
         action="store_true",
@@ -189,36 +218,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint to start from (default: previous stage's best.pt)",
     )
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--epochs", type=number(int, 1), default=None)
     g.add_argument(
         "--iters-per-epoch",
-        type=int,
+        type=number(int, 1),
         default=None,
         help="cap an epoch at N iterations (online compositing makes epochs arbitrary)",
     )
     g.add_argument(
         "--max-iters",
-        type=int,
+        type=number(int, 1),
         default=None,
         help="stop (and save last.pt) after N iterations in total",
     )
-    g.add_argument("--batch-size", type=int, default=None, help="per process (preset)")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (preset)")
+    g.add_argument("--batch-size", type=number(int, 1), default=None, help="per process (preset)")
+    g.add_argument(
+        "--lr", type=number(float, 0, strict=True), default=None, help="learning rate (preset)"
+    )
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=number(float, 0), default=0.0)
     g.add_argument("--scheduler", choices=("constant", "cosine", "step"), default=None,
                    help="learning-rate schedule after the warm-up (preset)")  # fmt: skip
     g.add_argument(
         "--warmup-iters",
-        type=int,
+        type=number(int, 0),
         default=None,
         help="linear learning-rate warm-up from lr/warmup to lr over N iterations (preset)",
     )
-    g.add_argument("--lr-step", type=int, default=10, help="epochs between decays (step)")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="decay factor (step)")
-    g.add_argument("--grad-clip", type=float, default=0.0, help="max grad norm; 0 disables")
-    g.add_argument("--w-alpha", type=float, default=None, help="alpha-loss weight (per stage)")
-    g.add_argument("--w-comp", type=float, default=None, help="composition-loss weight")
+    g.add_argument(
+        "--lr-step", type=number(int, 1), default=10, help="epochs between decays (step)"
+    )
+    g.add_argument(
+        "--lr-gamma", type=number(float, 0, strict=True), default=0.1, help="decay factor (step)"
+    )
+    g.add_argument(
+        "--grad-clip", type=number(float, 0), default=0.0, help="max grad norm; 0 disables"
+    )
+    g.add_argument(
+        "--w-alpha", type=number(float, 0), default=None, help="alpha-loss weight (per stage)"
+    )
+    g.add_argument("--w-comp", type=number(float, 0), default=None, help="composition-loss weight")
     g = p.add_argument_group("run")
     g.add_argument("--run-name", default="dim")
     g.add_argument("--runs-dir", type=Path, default=Path("runs"))
@@ -231,13 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--save-every",
-        type=int,
+        type=number(int, 0),
         default=0,
         help="also write last.pt every N iterations (0: once per epoch)",
     )
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--log-every", type=int, default=10, help="iterations between plot points")
-    g.add_argument("--panel-every", type=int, default=100, help="iterations between panels")
+    g.add_argument("--seed", type=number(int, 0), default=0)
+    g.add_argument(
+        "--log-every", type=number(int, 1), default=10, help="iterations between plot points"
+    )
+    g.add_argument(
+        "--panel-every", type=number(int, 1), default=100, help="iterations between panels"
+    )
     g = p.add_argument_group("device")
     g.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
     g.add_argument(
@@ -254,10 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads")
     g = p.add_argument_group("visualisation")
     g.add_argument("--visdom-server", default="http://localhost")
-    g.add_argument("--visdom-port", type=int, default=8097)
+    g.add_argument("--visdom-port", type=number(int, 1), default=8097)
     g.add_argument("--no-visdom", action="store_true", help="write plots to the run folder only")
     return p
 

@@ -320,3 +320,28 @@ def test_bad_photo_dir_is_a_clean_error(tmp_path, caplog):
     argv_ = ["--stage", "1", "--photo-dir", str(missing), "--runs-dir", str(tmp_path)]
     assert tr.main(argv_) == 2
     assert "--photo-dir" in caplog.text and str(missing) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--batch-size", "0", ">= 1"),
+        ("--lr", "-1", "> 0"),
+        ("--lr", "nan", "> 0"),
+        ("--workers", "-1", ">= 0"),
+        ("--epochs", "0", ">= 1"),
+        ("--iters-per-epoch", "0", ">= 1"),
+        ("--crop-size", "16", ">= 32"),
+        ("--warmup-iters", "-5", ">= 0"),
+        ("--grad-clip", "-0.1", ">= 0"),
+        ("--threads", "two", "an integer"),
+    ],
+)
+def test_bad_numeric_flags_are_refused_in_one_line(flag, value, says, capsys):
+    """Every numeric flag is checked where it is parsed: exit 2, one line naming the flag and
+    the allowed range (no traceback from inside torch, no silent zero-epoch run)."""
+    with pytest.raises(SystemExit) as e:
+        tr.main(["--stage", "1", flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and says in err[0], err
