@@ -18,7 +18,10 @@ import functools
 import json
 import logging
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +41,12 @@ from data.trainval import build_train_val
 from models.py_encoder_decoder import DIM, VGGWeightsError, load_vggbn, vgg_hub_cache_file
 from models.py_loss import DIMLoss
 from utils import distributed as dist_utils
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from utils.determinism import capture_rng_state, restore_rng_state, seed_everything
 from utils.device import check_amp, describe_amp, pick_device
 from utils.evaluation import evaluate_model
@@ -373,6 +381,22 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM at a consistent point, after ``last.pt`` was saved
+    (the state after a whole iteration, or after a whole validation)."""
+
+    def __init__(self, signum: int, iteration: int, path: Path | None):
+        self.signum, self.iteration, self.path = signum, iteration, path
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stopped after iteration {iteration}, saved {path}")
+
+
+# Test-only fault injection: DIM_FAULT_INJECT="phase:iteration" sends this process SIGINT at
+# that phase (forward, backward, step, validation, save) of that (1-based) iteration, so the
+# interrupt tests are reproducible instead of timing-dependent.
+FAULT_ENV = "DIM_FAULT_INJECT"
+
+
 class Trainer:
     """Owns one stage of one run: data, model, loss, optimiser, loop, validation, checkpoints."""
 
@@ -402,8 +426,6 @@ class Trainer:
 
         self.stage_dir = Path(cfg["runs_dir"]) / cfg["run_name"] / f"stage{self.stage}"
         self.run_dir = self.stage_dir.parent
-        if self.main:
-            self.stage_dir.mkdir(parents=True, exist_ok=True)
         self.epoch = 0  # next epoch to run
         self.batch_in_epoch = 0  # batches of `epoch` already trained (mid-epoch resume)
         self.iteration = 0
@@ -416,6 +438,11 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self._setup_optim()
+        if self.main:  # only now: a refused start leaves no folder behind
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temps(self.stage_dir):
+                log.info("removed %s, left by a writer that no longer runs", stale.name)
+        self._stop_signal: int | None = None
         self._setup_visualizer()
         if cfg["resume"]:
             self._resume()
@@ -632,6 +659,7 @@ class Trainer:
         start the next stage (what ``best.pt`` is for); ``last.pt`` keeps everything."""
         if not self.main:
             return None
+        self._fault_point("save")
         state = self.state_dict()
         if not resumable:
             for key in ("optimizer", "scheduler", "scaler", "rng"):
@@ -682,6 +710,7 @@ class Trainer:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         data = data.to(self.device, non_blocking=non_blocking, memory_format=fmt)
         label = label.to(self.device, non_blocking=non_blocking)
+        self._fault_point("forward")
         with self._autocast():
             raw, refined = self.net(data)
         pred = raw if self.spec.loss_on == "raw" else refined
@@ -694,12 +723,14 @@ class Trainer:
                 f"checkpoint in {self.stage_dir} is untouched."
             )
         self.optimizer.zero_grad(set_to_none=True)
+        self._fault_point("backward")
         self.scaler.scale(loss).backward()
         if self.cfg["grad_clip"] > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.cfg["grad_clip"]
             )
+        self._fault_point("step")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -754,6 +785,7 @@ class Trainer:
                     )
             if cfg["save_every"] and self.iteration % cfg["save_every"] == 0:
                 self.save("last.pt")
+            self._stop_if_requested()
             if max_iters is not None and self.iteration >= max_iters:
                 break
         bar.close()
@@ -774,6 +806,7 @@ class Trainer:
                     self.iteration, f"{tag} {i}", example, alpha_u8, self.spec.refine_head
                 )
 
+        self._fault_point("validation")
         self.model.eval()
         _, summary = evaluate_model(
             self.model,
@@ -805,6 +838,7 @@ class Trainer:
                 self.iters_per_epoch,
             )
         summary = None
+        previous = self._install_stop_handlers()
         try:
             while self.epoch < cfg["epochs"]:
                 train = self.train_epoch(max_iters)
@@ -817,17 +851,78 @@ class Trainer:
                     break
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                summary = self._end_epoch(train)
+                summary = self._end_epoch(train)  # validation runs whole, then last.pt
+                self._stop_if_requested(saved=True)
                 if max_iters is not None and self.iteration >= max_iters:
                     break
+        except Interrupted as e:
+            log.warning("%s; continue with --resume", e)
+            raise
         except KeyboardInterrupt:
-            self.save("last.pt")
-            log.warning("interrupted: saved %s; continue with --resume", self.stage_dir / "last.pt")
+            # A second Ctrl-C: stop now, without saving a state that may be mid-step.
+            log.warning(
+                "forced stop: %s keeps the last consistent state (saves are atomic)",
+                self.stage_dir / "last.pt",
+            )
             raise
         finally:
+            self._restore_stop_handlers(previous)
             if self.viz is not None:
                 self.viz.close()
         return summary
+
+    # ---- stopping on signals ------------------------------------------------------------
+    def _install_stop_handlers(self) -> dict:
+        """SIGINT/SIGTERM only set a flag (the loop stops at the next consistent point); a
+        second signal raises KeyboardInterrupt at once. Main thread only (signal rules)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            if self.main:
+                log.warning(
+                    "%s: stopping after the current step (or validation) and saving last.pt; "
+                    "send it again to stop at once",
+                    signal.Signals(signum).name,
+                )
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_stop_handlers(previous: dict) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    def _stop_if_requested(self, saved: bool = False) -> None:
+        """Stop here if any rank got a signal: save last.pt (unless ``saved``: the state was
+        just written) and raise :class:`Interrupted`."""
+        requested = self._stop_signal is not None
+        if dist_utils.is_distributed():  # every rank stops after the same iteration
+            flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if not requested:
+            return
+        path = self.stage_dir / "last.pt"
+        if not saved:
+            self.save("last.pt")
+        dist_utils.barrier()
+        raise Interrupted(self._stop_signal or signal.SIGINT, self.iteration, path)
+
+    def _fault_point(self, phase: str) -> None:
+        """Test-only (:data:`FAULT_ENV`): SIGINT at ``phase`` of iteration N: the iteration
+        being computed for forward/backward/step, the last one completed for
+        validation/save."""
+        spec = os.environ.get(FAULT_ENV)
+        if not spec or getattr(self, "_fault_fired", False):
+            return
+        n = self.iteration + (1 if phase in ("forward", "backward", "step") else 0)
+        if spec == f"{phase}:{n}":
+            self._fault_fired = True  # once: a real user presses Ctrl-C once
+            os.kill(os.getpid(), signal.SIGINT)
 
     def _end_epoch(self, train: dict) -> dict | None:
         summary = None
@@ -916,6 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
         # and what to do; a traceback would only hide it.
         log.error("%s: %s", type(e).__name__, e)
         return 2
+    except Interrupted as e:
+        return 128 + int(e.signum)  # 130 for SIGINT, 143 for SIGTERM, as a killed process
     except KeyboardInterrupt:
         return 130
     finally:

@@ -49,8 +49,8 @@ RECIPES: dict[str, list[list[str]]] = {
     "main": [["--stage", "1"]],
     "long": [
         ["--stage", "1", "--epochs", "50"],
-        ["--stage", "2", "--epochs", "10"],
-        ["--stage", "3", "--epochs", "15", "--lr", "5e-5"],
+        ["--stage", "2", "--epochs", "4"],
+        ["--stage", "3", "--epochs", "5", "--lr", "5e-5"],
     ],
 }
 # Real-photo curves during training (the long recipe's figure); the main job keeps its
@@ -70,14 +70,22 @@ def testsets(real: Path | None) -> list[tuple[str, Any]]:
 
 
 def run_recipe(
-    recipe: str, run_name: str, runs_dir: Path, extra: list[str], real: Path | None
+    recipe: str,
+    run_name: str,
+    runs_dir: Path,
+    extra: list[str],
+    real: Path | None,
+    from_stage: int = 1,
 ) -> list[dict]:
-    """Train every stage of ``recipe``; return [{"stage", "argv", "seconds"}]."""
+    """Train the stages of ``recipe`` from ``from_stage`` on (the earlier ones exist already);
+    return [{"stage", "argv", "seconds"}]."""
     done = []
     every = REAL_VAL_EVERY[recipe]
     if real is not None and every:
         extra = [*extra, "--real-val", str(real), "--real-val-every", str(every)]
     for argv in RECIPES[recipe]:
+        if int(argv[1]) < from_stage:
+            continue
         cmd = [*TRAIN, *argv, "--run-name", run_name, "--runs-dir", str(runs_dir), *extra]
         print("$", " ".join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
@@ -177,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
     p.add_argument("--real", type=Path, default=None, help="alphamatting.com folder (evaluation)")
     p.add_argument("--score-only", action="store_true", help="score existing checkpoints")
+    p.add_argument(
+        "--from-stage",
+        type=int,
+        default=1,
+        help="train from this stage on (earlier stages' checkpoints exist; their times are "
+        "kept from --json)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument(
         "--baselines",
@@ -199,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(a.json.read_text()) if a.json and a.json.is_file() else {}
         stages = old.get("stages", [])
     else:
-        stages = run_recipe(a.recipe, run_name, a.runs_dir, a.extra, a.real)
+        old = json.loads(a.json.read_text()) if a.json and a.json.is_file() else {}
+        before = [st for st in old.get("stages", []) if st["stage"] < a.from_stage]
+        stages = before + run_recipe(a.recipe, run_name, a.runs_dir, a.extra, a.real, a.from_stage)
     minutes = {st["stage"]: st["seconds"] / 60 for st in stages}
     # After training: on a fresh machine the first stage's timing includes generating the
     # built-in set, as it does for a user.

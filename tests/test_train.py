@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,24 +127,101 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_root, tmp_path
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_ctrl_c_saves_last_checkpoint(tiny_root, tmp_path, monkeypatch):
+def test_ctrl_c_stops_after_the_step_and_saves_it(tiny_root, tmp_path, monkeypatch):
+    """SIGINT in the middle of iteration 2's optimiser step: the step completes, last.pt is
+    exactly "after iteration 2", fit raises Interrupted, no temp file is left."""
     runs = tmp_path / "runs"
     t = make_trainer(argv(tiny_root, runs, 1, "--iters-per-epoch", "3"))
-    real = t.train_step
-    calls = {"n": 0}
-
-    def interrupted(data, label):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(data, label)
-
-    monkeypatch.setattr(t, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setenv(tr.FAULT_ENV, "step:2")
+    with pytest.raises(tr.Interrupted) as e:
         t.fit()
+    assert e.value.iteration == 2
     ck = load_checkpoint(runs / "dim" / "stage1" / "last.pt")
-    assert ck["iteration"] == 1 and ck["batch_in_epoch"] == 1
+    assert ck["iteration"] == 2 and ck["batch_in_epoch"] == 2
+    assert ck["optimizer"]["state"][0]["step"] == 2, "Adam state is that of iteration 2"
     assert not list((runs / "dim" / "stage1").glob("*.tmp")), "no temp file left behind"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers restored"
+
+
+# Fault points over every phase: (phase, iteration) of a 2-epoch x 3-iteration run.
+FAULTS = [("forward", 1), ("backward", 2), ("step", 3), ("forward", 4), ("step", 5),
+          ("backward", 6), ("validation", 3), ("validation", 6), ("save", 3), ("save", 6),
+          ("forward", 6)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_interrupt_anywhere_then_resume_is_bit_exact(tiny_root, tmp_path, monkeypatch):
+    """SIGINT at 11 reproducible points (forward, backward, optimiser step, validation,
+    saving), each followed by --resume: final weights, BatchNorm statistics and Adam state are
+    bit-identical to an uninterrupted run."""
+    common = ["--iters-per-epoch", "3", "--epochs", "2", "--val-limit", "1"]
+    runs = tmp_path / "runs"
+    assert tr.main([*argv(tiny_root, runs, 1), *common, "--run-name", "ref"]) == 0
+    ref = load_checkpoint(runs / "ref" / "stage1" / "last.pt")
+    for i, (phase, it) in enumerate(FAULTS):
+        name = f"f{i}"
+        monkeypatch.setenv(tr.FAULT_ENV, f"{phase}:{it}")
+        code = tr.main([*argv(tiny_root, runs, 1), *common, "--run-name", name])
+        assert code == 130, (phase, it, code)
+        monkeypatch.delenv(tr.FAULT_ENV)
+        assert tr.main([*argv(tiny_root, runs, 1), *common, "--run-name", name, "--resume"]) == 0
+        got = load_checkpoint(runs / name / "stage1" / "last.pt")
+        assert got["iteration"] == ref["iteration"] == 6
+        for k, v in ref["model"].items():
+            assert torch.equal(v, got["model"][k]), (phase, it, k)
+        for pid, st in ref["optimizer"]["state"].items():
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(st[key], got["optimizer"]["state"][pid][key]), (phase, it)
+        assert [h["epoch"] for h in got["history"]] == [1, 2], "no validation lost or repeated"
+        assert not list((runs / name / "stage1").glob("*.tmp"))
+
+
+def _save_forever(path: str) -> None:
+    from utils.checkpoint import save_checkpoint
+
+    state = {"model": {"w": torch.zeros(4_000_000)}, "model_config": {}}
+    while True:
+        save_checkpoint(path, state)
+
+
+@pytest.mark.slow
+def test_kill_9_while_saving_leaves_a_loadable_checkpoint_and_no_temp(tiny_root, tmp_path):
+    """A writer killed with SIGKILL mid-save: the checkpoint still loads, and the next start in
+    that folder removes the dead writer's temp file (never a live writer's)."""
+    from utils.checkpoint import remove_stale_temps
+
+    folder = tmp_path / "runs" / "dim" / "stage1"
+    folder.mkdir(parents=True)
+    target = folder / "last.pt"
+    ctx = mp.get_context("spawn")
+    leftovers: set[str] = set()
+    for delay in (1.5, 2.0, 2.5):
+        proc = ctx.Process(target=_save_forever, args=(str(target),))
+        proc.start()
+        deadline = time.time() + 60
+        while not target.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        load_checkpoint(target)  # whatever the moment, the file is whole
+        leftovers |= {p.name for p in folder.glob(".*.tmp")}
+    live = folder / f".last.pt.{os.getppid()}.abcdefgh.tmp"  # the pytest runner's parent
+    live.write_bytes(b"x")
+    removed = remove_stale_temps(folder)
+    assert {p.name for p in removed} == leftovers and live.exists(), (removed, leftovers)
+    live.unlink()
+    # and the Trainer does it at start
+    (folder / ".last.pt.999999999.deadbeef.tmp").write_bytes(b"x")
+    make_trainer(argv(tiny_root, tmp_path / "runs", 1))
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_refused_start_leaves_no_folder(tiny_root, tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(tr.TrainerError):
+        make_trainer(argv(tiny_root, runs, 2))  # no stage-1 checkpoint
+    assert not (runs / "dim" / "stage2").exists()
 
 
 def test_bad_flags_get_clear_errors(tiny_root, tmp_path):
