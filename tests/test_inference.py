@@ -271,3 +271,20 @@ def test_load_model_for_inference(run_dir, tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="cannot load"):
         load_model_for_inference(garbage, "cpu")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_unsafe_checkpoint_is_refused_without_advice_to_bypass(tmp_path, capsys):
+    """A pickle that would run code on load is refused; the message says why and how to
+    re-save from trusted code, and never suggests weights_only=False."""
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode(), "model_config": {}}, bad)
+    with pytest.raises(CheckpointError) as e:
+        load_model_for_inference(bad)
+    msg = str(e.value)
+    assert "refused" in msg and "arbitrary code" in msg and "weights_only=False" not in msg
+    assert "this must never run" not in capsys.readouterr().out

@@ -18,6 +18,7 @@ so a crash or Ctrl-C mid-write leaves the previous file intact.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, foreign objects
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e):
+            raise CheckpointError(
+                f"cannot load checkpoint {path}: {type(e).__name__}: {e}. "
+                "Is it a file written by train_encoder_decoder.py (and not truncated)?"
+            ) from None
+        # torch's own message advises weights_only=False: for a file from elsewhere that is
+        # exactly what must not be done (unpickling can run arbitrary code).
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects other than tensors and plain "
+            "containers, and unpickling those can run arbitrary code. This project's "
+            "checkpoints never do. If the file comes from code you trust, re-save its tensors "
+            "from that code as a plain dict (torch.save({'model': model.state_dict(), ...}))."
+        ) from None
+    except Exception as e:  # truncated files, foreign formats
         raise CheckpointError(
             f"cannot load checkpoint {path}: {type(e).__name__}: {e}. "
             "Is it a file written by train_encoder_decoder.py (and not truncated)?"
