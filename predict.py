@@ -50,7 +50,14 @@ if __package__ in (None, ""):
 import numpy as np
 
 from data import compose
-from utils.image_io import ImageReadError, read_gray, read_rgb, write_png
+from utils.image_io import (
+    MAX_PIXELS,
+    ImageReadError,
+    check_pixels,
+    read_gray,
+    read_rgb,
+    write_png,
+)
 from utils.inference import add_inference_args
 
 log = logging.getLogger("predict")
@@ -144,10 +151,14 @@ def check_trimap(trimap: np.ndarray, path: str | Path) -> None:
     )
 
 
-def read_inputs(job: Job, snap: bool = False, band: str = "1%") -> tuple[np.ndarray, np.ndarray]:
+def read_inputs(
+    job: Job, snap: bool = False, band: str = "1%", max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray]:
     """Read and check one pair: (RGB uint8 (H, W, 3), trimap uint8 (H, W) in {0, 128, 255}).
     A mask job's trimap is built with :func:`data.compose.trimap_from_mask` (``band``: pixels
     or a percentage of the image diagonal)."""
+    for path in (job.image, job.guide):  # from the headers, before any decoding
+        check_pixels(path, max_pixels)
     image = read_rgb(job.image)
     guide = read_gray(job.guide)
     if image.shape[:2] != guide.shape:
@@ -346,7 +357,7 @@ def _run(args) -> int:
         max_side=args.max_side or None,
     )
     for job in tqdm(jobs, desc="matting", unit="img", disable=len(jobs) == 1):
-        image, trimap = read_inputs(job, snap=args.snap_trimap, band=args.band)
+        image, trimap = read_inputs(job, args.snap_trimap, args.band, args.max_pixels)
         t0 = time.perf_counter()
         result = matte(model, image, trimap, args.fg_method, background, **kwargs)
         if job.kind == "mask":

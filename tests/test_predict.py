@@ -285,3 +285,47 @@ def test_cli_mask_and_closed_form_without_checkpoint(inputs, tmp_path):
     assert predict.main(argv2) == 0
     np.testing.assert_array_equal(read_gray(out2 / "cat_alpha.png"), alpha)
     assert predict.main([*argv, "--checkpoint", "x.pt"]) == 2
+
+
+def _png_header_only(path: Path, w: int, h: int) -> None:
+    """A PNG signature + IHDR declaring w x h, and nothing else: what a hostile upload or a
+    corrupt file can look like (a real 30000x30000 PNG of zeros is only ~1 MB)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+                     + struct.pack(">I", zlib.crc32(chunk)))  # fmt: skip
+
+
+def test_huge_declared_image_is_refused_from_the_header(tmp_path, capsys):
+    import time
+    import tracemalloc
+
+    _png_header_only(tmp_path / "huge.png", 30000, 30000)
+    write_png(tmp_path / "tri.png", np.zeros((8, 8), np.uint8))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    argv = ["--method", "closed-form", "--image", str(tmp_path / "huge.png"), "--trimap",
+            str(tmp_path / "tri.png"), "--out", str(tmp_path / "o")]  # fmt: skip
+    assert predict.main(argv) == 2
+    seconds = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert "huge.png" in err and "30000x30000" in err and "--max-pixels" in err
+    assert seconds < 1.0 and peak < 50 * 2**20, (seconds, peak)
+
+
+def test_trimap_without_unknown_pixels_never_runs_the_network():
+    from utils.inference import predict_alpha
+
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the network must not run")
+
+    trimap = np.zeros((40, 50), np.uint8)
+    trimap[10:30, 10:40] = 255
+    alpha = predict_alpha(Boom(), np.zeros((40, 50, 3), np.uint8), trimap, device="cpu")
+    np.testing.assert_array_equal(alpha, trimap / 255.0)

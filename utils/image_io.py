@@ -107,6 +107,25 @@ def _single_channel(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2GRAY)
 
 
+# --- size limit ------------------------------------------------------------------------------
+# Decoding an 8-bit RGB image takes 3 bytes per pixel, and the network's input 16 more (float32,
+# 4 channels): 100 megapixels is about 2 GB of input tensors already.
+MAX_PIXELS = 100_000_000
+
+
+def check_pixels(path: PathLike, limit: int = MAX_PIXELS, flag: str = "--max-pixels") -> None:
+    """Refuse an image whose header declares more than ``limit`` pixels, before decoding it
+    (:class:`ImageReadError` naming the file, its size and the flag that raises the limit)."""
+    h, w = image_size(path)
+    if h * w > limit:
+        raise ImageReadError(
+            f"{path}: {w}x{h} = {h * w / 1e6:.0f} megapixels, above the limit of "
+            f"{limit / 1e6:g} MP (decoding and matting it needs about {h * w * 19 / 2**30:.0f} GiB "
+            f"of memory before tiling); pass a larger {flag} if this machine has the memory, "
+            "or downscale the image"
+        )
+
+
 # --- public readers --------------------------------------------------------------------------
 def read_rgb(path: PathLike) -> np.ndarray:
     """Read a colour image: uint8 (H, W, 3) RGB.

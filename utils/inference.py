@@ -55,6 +55,7 @@ import torch
 
 from data import layout
 from utils.device import check_amp
+from utils.image_io import MAX_PIXELS
 
 STRIDE = 32  # total down-sampling of the encoder (five 2x2 max-pools)
 DEFAULT_MAX_SIDE = 1600  # the CLIs' default: windows of <= 1600 x 1600 px (~4 GB on CPU)
@@ -160,6 +161,13 @@ def add_inference_args(parser) -> None:
         default=DEFAULT_MAX_SIDE,
         help="tile images whose long side exceeds this (bounded memory); 0 = never",
     )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="refuse inputs whose header declares more pixels than this, before decoding "
+        "(a tiny PNG can declare a 30000x30000 image); raise it if the machine has the memory",
+    )
 
 
 def force_known(alpha: np.ndarray, trimap_u8: np.ndarray) -> np.ndarray:
@@ -244,6 +252,8 @@ def predict_alpha(
     h, w = trimap_u8.shape
     device = _model_device(model) if device is None else torch.device(device)
     amp_dtype = check_amp(amp, device)
+    if not (trimap_u8 == layout.TRIMAP_UNKNOWN).any():  # nothing to infer: no network input
+        return force_known(np.zeros((h, w), np.float32), trimap_u8)
     if overlap is None:
         overlap = exact_overlap(getattr(model, "config", None))
     overlap = round_up(max(0, overlap))
