@@ -89,7 +89,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e):
+        if "Unsupported global" not in str(e):  # garbage or truncated, not a code-running pickle
             raise CheckpointError(
                 f"cannot load checkpoint {path}: {type(e).__name__}: {e}. "
                 "Is it a file written by train_encoder_decoder.py (and not truncated)?"
