@@ -443,6 +443,7 @@ class Trainer:
             for stale in remove_stale_temps(self.stage_dir):
                 log.info("removed %s, left by a writer that no longer runs", stale.name)
         self._stop_signal: int | None = None
+        self._fault_fired = False  # test-only hook (FAULT_ENV) fires once
         self._setup_visualizer()
         if cfg["resume"]:
             self._resume()
@@ -917,7 +918,7 @@ class Trainer:
         being computed for forward/backward/step, the last one completed for
         validation/save."""
         spec = os.environ.get(FAULT_ENV)
-        if not spec or getattr(self, "_fault_fired", False):
+        if not spec or self._fault_fired:
             return
         n = self.iteration + (1 if phase in ("forward", "backward", "step") else 0)
         if spec == f"{phase}:{n}":
