@@ -38,7 +38,13 @@ from data.py_adobe_data import worker_init_fn
 from data.sources import DataSourceError
 from data.testsets import open_testset
 from data.trainval import build_train_val
-from models.py_encoder_decoder import DIM, VGGWeightsError, load_vggbn, vgg_hub_cache_file
+from models.py_encoder_decoder import (
+    DIM,
+    VGGWeightsError,
+    load_vggbn,
+    read_vgg_state_dict,
+    vgg_hub_cache_file,
+)
 from models.py_loss import DIMLoss
 from utils import distributed as dist_utils
 from utils.checkpoint import (
@@ -381,6 +387,36 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class DataFailure(Exception):
+    """A training sample could not be made mid-run (a file that passed the start-up header
+    check fails to decode). ``message`` is the original one line naming the file, also when
+    the failure happened in a DataLoader worker."""
+
+    def __init__(self, error: Exception):
+        text = str(error)
+        # A worker's error comes back re-raised with its whole traceback in the message;
+        # its last line is the original "SomeError: what and which file".
+        if "Original Traceback" in text:
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+        self.message = text
+        super().__init__(text)
+
+
+def loader_batches(loader):
+    """Iterate ``loader``, turning a data error into :class:`DataFailure` (the state is still
+    "after the previous iteration": batches are fetched before a step starts)."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (ImageReadError, DataSourceError) as e:
+            raise DataFailure(e) from e
+        yield batch
+
+
 class Interrupted(Exception):
     """Training stopped on SIGINT/SIGTERM at a consistent point, after ``last.pt`` was saved
     (the state after a whole iteration, or after a whole validation)."""
@@ -432,9 +468,12 @@ class Trainer:
         self.best_sad = math.inf
         self.history: list[dict] = []
 
-        # Check the starting point before the (possibly long) data set-up, so a missing or
-        # broken checkpoint fails at once.
+        # Read every file named on the command line (--init / previous stage, --resume,
+        # --vgg-weights) before the (possibly long) data set-up, so a missing or broken one
+        # fails at once.
         self.start_path, self.start_state = self._start_checkpoint()
+        self.resume_path, self.resume_state = self._resume_checkpoint()
+        self.vgg_state = self._read_vgg_weights()
         self._setup_data()
         self._setup_model()
         self._setup_optim()
@@ -445,7 +484,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._fault_fired = False  # test-only hook (FAULT_ENV) fires once
         self._setup_visualizer()
-        if cfg["resume"]:
+        if self.resume_state is not None:
             self._resume()
 
     # ---- setup --------------------------------------------------------------------------
@@ -552,6 +591,48 @@ class Trainer:
             init = prev
         return (None, None) if init is None else (Path(init), load_checkpoint(init))
 
+    def _resume_checkpoint(self) -> tuple[Path | None, dict | None]:
+        """The ``--resume`` checkpoint (``auto``: this stage's last.pt), loaded and checked to
+        be of this stage; (None, None) without --resume."""
+        path = self.cfg["resume"]
+        if not path:
+            return None, None
+        path = self.stage_dir / "last.pt" if path == "auto" else Path(path)
+        if not path.is_file():
+            raise TrainerError(
+                f"--resume: {path} not found (nothing to resume for run "
+                f"'{self.cfg['run_name']}' stage {self.stage}); drop --resume to start afresh"
+            )
+        state = load_checkpoint(path)
+        if state.get("stage") != self.stage:
+            raise TrainerError(
+                f"--resume {path}: it is a stage {state.get('stage')} checkpoint, "
+                f"not stage {self.stage}"
+            )
+        missing = [k for k in ("optimizer", "scheduler", "scaler", "rng") if k not in state]
+        if missing:
+            raise TrainerError(
+                f"--resume {path}: it holds weights only (no {', '.join(missing)}), as best.pt "
+                "does; resume from last.pt, or start a new run from it with --init"
+            )
+        return path, state
+
+    def _read_vgg_weights(self):
+        """The ImageNet VGG16-BN state dict for a stage-1 start (``--vgg-weights``, else
+        torch's hub cache when present), read now; None when not needed or not found."""
+        cfg = self.cfg
+        if cfg["resume"] or self.start_state is not None or self.spec.starts_from is not None:
+            return None
+        weights = cfg["vgg_weights"]
+        if weights is None:
+            if not vgg_hub_cache_file().is_file():
+                return None
+            weights = vgg_hub_cache_file()
+        try:
+            return read_vgg_state_dict(weights)
+        except VGGWeightsError as e:
+            raise TrainerError(f"--vgg-weights: {e}") from e
+
     def _initialise(self, model: DIM) -> str:
         """Load starting weights for this stage; return a line saying what was loaded."""
         cfg = self.cfg
@@ -571,23 +652,21 @@ class Trainer:
             fresh = " (refine head freshly initialised)" if missing else ""
             return f"weights from {init} (stage {state.get('stage', '?')}){fresh}"
         if self.spec.starts_from is None:  # the ImageNet-initialised stage
-            weights = cfg["vgg_weights"]
-            if weights is None:
-                cached = vgg_hub_cache_file()
-                if not cached.is_file():
-                    log.warning(
-                        "No ImageNet VGG16-BN weights (looked for --vgg-weights and %s). "
-                        "Training the encoder from random init: expect far slower convergence "
-                        "and a worse final SAD than the paper (fine for the synthetic demo).",
-                        cached,
-                    )
-                    return "random init (no VGG16-BN weights found)"
-                weights = cached
+            if self.vgg_state is None:
+                log.warning(
+                    "No ImageNet VGG16-BN weights (looked for --vgg-weights and %s). "
+                    "Training the encoder from random init: expect far slower convergence "
+                    "and a worse final SAD than the paper (fine for the synthetic demo).",
+                    vgg_hub_cache_file(),
+                )
+                return "random init (no VGG16-BN weights found)"
+            state, source = self.vgg_state
+            self.vgg_state = None
             try:
-                report = load_vggbn(model, weights)
+                report = load_vggbn(model, state)
             except VGGWeightsError as e:
-                raise TrainerError(f"--vgg-weights: {e}") from e
-            return f"ImageNet VGG16-BN encoder ({report.summary()})"
+                raise TrainerError(f"--vgg-weights {source}: {e}") from e
+            return f"ImageNet VGG16-BN encoder from {source} ({report.summary()})"
         return "random init"
 
     def _setup_optim(self) -> None:
@@ -668,19 +747,8 @@ class Trainer:
         return save_checkpoint(self.stage_dir / name, state)
 
     def _resume(self) -> None:
-        path = self.cfg["resume"]
-        path = self.stage_dir / "last.pt" if path == "auto" else Path(path)
-        if not path.is_file():
-            raise TrainerError(
-                f"--resume: {path} not found (nothing to resume for run "
-                f"'{self.cfg['run_name']}' stage {self.stage}); drop --resume to start afresh"
-            )
-        state = load_checkpoint(path, map_location=self.device)
-        if state.get("stage") != self.stage:
-            raise TrainerError(
-                f"--resume {path}: it is a stage {state.get('stage')} checkpoint, "
-                f"not stage {self.stage}"
-            )
+        path, state = self.resume_path, self.resume_state
+        self.resume_state = None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -752,7 +820,7 @@ class Trainer:
         n = 0
         t0 = time.perf_counter()
         bar = tqdm(
-            loader,
+            loader_batches(loader),
             desc=f"stage {self.stage} epoch {self.epoch + 1}/{cfg['epochs']}",
             total=len(loader),
             disable=not self.main,
@@ -859,6 +927,18 @@ class Trainer:
         except Interrupted as e:
             log.warning("%s; continue with --resume", e)
             raise
+        except DataFailure as e:
+            path = self.save("last.pt")  # the state after the last whole iteration
+            flag = (
+                "drop --no-bg-cache to have every image decoded (and checked) at start"
+                if self.cfg["no_bg_cache"]
+                else "images are decoded (and checked) at start unless --no-bg-cache is given"
+            )
+            raise TrainerError(
+                f"training data failed after iteration {self.iteration}: {e.message} | saved "
+                f"{path or self.stage_dir / 'last.pt'} (iteration {self.iteration}); replace "
+                f"or remove that file and continue with --resume ({flag})"
+            ) from e
         except KeyboardInterrupt:
             # A second Ctrl-C: stop now, without saving a state that may be mid-step.
             log.warning(

@@ -484,8 +484,10 @@ def _missing_weights_message(where: str) -> str:
     )
 
 
-def _read_state_dict(weights: Any) -> tuple[Mapping[str, Any], str]:
-    """Resolve ``weights`` (path, state dict or torchvision enum) to (state dict, description)."""
+def read_vgg_state_dict(weights: Any) -> tuple[Mapping[str, Any], str]:
+    """Resolve ``weights`` (path, state dict or torchvision enum) to (state dict, description),
+    checked to be torchvision's ``vgg16_bn`` (names and shapes; ``module.`` prefixes and a saved
+    ``.features`` alone accepted). Raises :class:`VGGWeightsError` naming the file."""
     enum_type = torchvision.models.VGG16_BN_Weights
     if isinstance(weights, str) and not Path(weights).exists():
         if weights.lower() in ("imagenet", "imagenet1k_v1", "default"):
@@ -502,8 +504,8 @@ def _read_state_dict(weights: Any) -> tuple[Mapping[str, Any], str]:
             raise VGGWeightsError(
                 _missing_weights_message(f"cannot read cached {cached} ({type(e).__name__}: {e})")
             ) from e
-        return state, str(cached)
-    if isinstance(weights, str | os.PathLike):
+        source = str(cached)
+    elif isinstance(weights, str | os.PathLike):
         path = Path(weights)
         if not path.is_file():
             raise VGGWeightsError(
@@ -533,6 +535,26 @@ def _read_state_dict(weights: Any) -> tuple[Mapping[str, Any], str]:
         raise VGGWeightsError(
             f"{source} is not a state dict (a mapping of names to tensors), "
             f"got {type(state).__name__}; expected torchvision's vgg16_bn weights"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not any(k.startswith("features.") for k in state) and "0.weight" in state:
+        state = {f"features.{k}": v for k, v in state.items()}  # a saved `.features` alone
+
+    expected = {f"features.{k}": v.shape for k, v in _vgg16_bn_features().state_dict().items()}
+    problems = []
+    for key, shape in expected.items():
+        if key not in state:
+            if not key.endswith("num_batches_tracked"):  # absent in old torchvision files
+                problems.append(f"missing {key}")
+        elif tuple(state[key].shape) != tuple(shape):
+            problems.append(f"{key} has shape {tuple(state[key].shape)}, expected {tuple(shape)}")
+    extra = [k for k in state if k.startswith("features.") and k not in expected]
+    if extra:
+        problems.append(f"unexpected {extra[0]} (+{len(extra) - 1} more)")
+    if problems:
+        raise VGGWeightsError(
+            f"{source} is not a torchvision vgg16_bn state dict: {_describe_architecture(state)}; "
+            f"{'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}"
         )
     return state, source
 
@@ -571,28 +593,8 @@ def load_vggbn(model: nn.Module, weights: Any) -> VGGLoadReport:
     encoder = model.encoder if isinstance(model, DIM) else model
     if not isinstance(encoder, Encoder):
         raise TypeError(f"load_vggbn needs a DIM model or its Encoder, got {type(model).__name__}")
-    state, source = _read_state_dict(weights)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if not any(k.startswith("features.") for k in state) and "0.weight" in state:
-        state = {f"features.{k}": v for k, v in state.items()}  # a saved `.features` alone
-
-    expected = {f"features.{k}": v.shape for k, v in _vgg16_bn_features().state_dict().items()}
-    problems = []
-    for key, shape in expected.items():
-        if key not in state:
-            if not key.endswith("num_batches_tracked"):  # absent in old torchvision files
-                problems.append(f"missing {key}")
-        elif tuple(state[key].shape) != tuple(shape):
-            problems.append(f"{key} has shape {tuple(state[key].shape)}, expected {tuple(shape)}")
-    extra = [k for k in state if k.startswith("features.") and k not in expected]
-    if extra:
-        problems.append(f"unexpected {extra[0]} (+{len(extra) - 1} more)")
-    if problems:
-        raise VGGWeightsError(
-            f"{source} is not a torchvision vgg16_bn state dict: {_describe_architecture(state)}; "
-            f"{'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}"
-        )
-
+    state, source = read_vgg_state_dict(weights)
+    expected = {f"features.{k}" for k in _vgg16_bn_features().state_dict()}
     report = VGGLoadReport(source=source, skipped=[k for k in state if k not in expected])
     target = encoder.state_dict(keep_vars=True)
     with torch.no_grad():

@@ -424,3 +424,60 @@ def test_bad_numeric_flags_are_refused_in_one_line(flag, value, says, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0] and says in err[0], err
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--vgg-weights", "--init"])
+def test_files_on_the_command_line_are_checked_before_the_data(flag, tmp_path, caplog):
+    """A bad --resume/--vgg-weights/--init file is reported before the data set-up (here the
+    data root does not even exist, so a data-first check would name the folder instead)."""
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    args = ["--stage", "1", "--data-root", str(tmp_path / "nowhere"), "--runs-dir", str(tmp_path)]
+    assert tr.main([*args, flag, str(junk)]) == 2
+    assert str(junk) in caplog.text and "nowhere" not in caplog.text, caplog.text
+    assert not (tmp_path / "dim").exists()
+
+
+def test_resume_from_a_weights_only_checkpoint_says_what_to_do(tiny_root, tmp_path, caplog):
+    runs = tmp_path / "runs"
+    assert tr.main(argv(tiny_root, runs, 1)) == 0
+    best = runs / "dim" / "stage1" / "best.pt"
+    assert tr.main([*argv(tiny_root, runs, 1, "--epochs", "2"), "--resume", str(best)]) == 2
+    assert "weights only" in caplog.text and "last.pt" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_data_failing_mid_run_saves_last_pt_and_resumes(workers, tmp_path):
+    """A background that passes the start-up checks but fails to decode mid-run
+    (--no-bg-cache decodes per sample): last.pt is written as "after iteration k", the error is
+    one line naming the file (also from a DataLoader worker), and after the file is replaced
+    --resume completes the run."""
+    from data.demo import make_demo_folder
+
+    root = make_demo_folder(tmp_path / "adobe", n_fg=4, n_bg=4, fg_hw=(96, 128), bg_hw=(96, 128))
+    runs = tmp_path / "runs"
+    args = [
+        *argv(root, runs, 1, "--no-bg-cache", "--workers", workers),
+        "--iters-per-epoch",
+        "4",
+        "--val-limit",
+        "1",
+    ]
+    trainer = make_trainer(args)  # start-up checks and the validation set: all files fine
+    trainer.fit(max_iters=1)
+    backgrounds = sorted((root / "bg").glob("*.jpg"))
+    good = {p: p.read_bytes() for p in backgrounds}
+    for p in backgrounds:  # a valid JPEG header, garbage after it
+        p.write_bytes(good[p][:300] + b"\0" * 50)
+    with pytest.raises(tr.TrainerError) as e:
+        trainer.fit()
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    assert "after iteration 1" in msg and "bg_00" in msg and "--no-bg-cache" in msg, msg
+    last = load_checkpoint(runs / "dim" / "stage1" / "last.pt")
+    assert last["iteration"] == 1 and last["batch_in_epoch"] == 1
+    for p, data in good.items():
+        p.write_bytes(data)
+    assert tr.main([*args, "--resume", "auto"]) == 0
+    assert load_checkpoint(runs / "dim" / "stage1" / "last.pt")["iteration"] == 4
