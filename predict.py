@@ -59,6 +59,7 @@ from utils.image_io import (
     write_png,
 )
 from utils.inference import add_inference_args
+from utils.matting import matte
 
 log = logging.getLogger("predict")
 
@@ -206,68 +207,6 @@ def mask_to_trimap(mask: np.ndarray, path: str | Path, band: str = "1%") -> np.n
         )
     log.info("%s: trimap from the mask with a %d px unknown band", Path(path).name, px)
     return trimap
-
-
-# --- outputs ---------------------------------------------------------------------------------
-def estimate_foreground(image_u8: np.ndarray, alpha: np.ndarray, method: str = "ml") -> np.ndarray:
-    """Foreground colours F (H, W, 3) float32 in [0, 1] such that image ~ alpha*F + (1-alpha)*B.
-
-    "ml": pymatting's multilevel foreground estimation (imported here: numba compiles it on
-    first use); "none": the image's own colours (background colour bleeds into soft edges).
-    """
-    image = image_u8.astype(np.float64) / 255.0
-    if method == "none":
-        return image.astype(np.float32)
-    if method != "ml":
-        raise ValueError(f"fg method must be 'ml' or 'none', got {method!r}")
-    from pymatting import estimate_foreground_ml
-
-    fg = estimate_foreground_ml(image, alpha.astype(np.float64))
-    return np.clip(fg, 0.0, 1.0).astype(np.float32)
-
-
-def cutout(fg01: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """RGBA uint8 (H, W, 4): colours ``fg01`` (H, W, 3) in [0, 1], alpha (H, W) in [0, 1]."""
-    rgba = np.concatenate([fg01, alpha[..., None]], axis=2)
-    return np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def composite_on(fg01: np.ndarray, alpha: np.ndarray, background_u8: np.ndarray) -> np.ndarray:
-    """The cut-out over a new background, RGB uint8: compose.composite of F (in [0, 1], scaled
-    to 0-255) and the background, rounded."""
-    out = compose.composite(fg01 * np.float32(255.0), background_u8, alpha)
-    return np.round(np.clip(out, 0.0, 255.0)).astype(np.uint8)
-
-
-def matte(
-    model,
-    image: np.ndarray,
-    trimap: np.ndarray,
-    fg_method: str = "ml",
-    background: np.ndarray | None = None,
-    **inference_kwargs,
-) -> dict[str, np.ndarray]:
-    """Run the whole pipeline on arrays: {"alpha": uint8 (H, W), "rgba": (H, W, 4),
-    "composite": (H, W, 3) when ``background`` is given}. ``model`` is a DIM network, or None
-    for closed-form matting (no checkpoint needed). ``inference_kwargs`` go to
-    :func:`utils.inference.predict_alpha` (device, amp, tile, overlap, max_side)."""
-    from utils.inference import predict_alpha
-
-    if model is None:
-        from data.testsets import MattingExample
-        from utils.evaluation import closed_form
-
-        alpha = closed_form(MattingExample("input", image, trimap, None))
-    else:
-        alpha = predict_alpha(model, image, trimap, **inference_kwargs)
-    alpha = np.round(alpha * 255.0).astype(np.uint8).astype(np.float32) / 255.0  # as saved
-    fg = estimate_foreground(image, alpha, fg_method)
-    out = {"alpha": np.round(alpha * 255.0).astype(np.uint8), "rgba": cutout(fg, alpha)}
-    if background is not None:
-        out["composite"] = composite_on(
-            fg, alpha, compose.cover_background(background, alpha.shape)
-        )
-    return out
 
 
 # --- CLI -------------------------------------------------------------------------------------

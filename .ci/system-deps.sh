@@ -2,7 +2,8 @@
 # System packages the test suite needs that pip cannot install, for a Debian/Ubuntu CI image.
 # Called by .ci/run before the virtual environment exists, so it must not use Python packages.
 #
-#   chromium  headless browser for tests/test_visdom_browser.py (loads the visdom page).
+#   chromium  headless browser for tests/test_visdom_browser.py (loads the visdom page) and
+#             tests/test_demo_browser.py (drives demo.py's page through Playwright).
 #
 # Node.js/npm are expected on the image already: the visdom tests install visdom's front-end
 # from the npm registry themselves (python -m utils.visdom_frontend install).

@@ -166,10 +166,10 @@ def teaser(checkpoint: Path, example, background: np.ndarray, width: int = 360) 
     each ``width`` px wide. RGB uint8."""
     import cv2
 
-    import predict
+    from utils.matting import matte
 
     model, _, _ = load_model_for_inference(checkpoint, "cpu")
-    out = predict.matte(model, example.image, example.trimap, "ml", background, device="cpu")
+    out = matte(model, example.image, example.trimap, "ml", background, device="cpu")
     tiles = [example.image, example.trimap, out["alpha"], out["composite"]]
     h, w = example.trimap.shape
     size = (width, round(width * h / w))

@@ -131,6 +131,41 @@ def trimap_from_mask(mask: np.ndarray, band: int, soft: tuple[int, int] = (16, 2
     return morph_trimap(cleaned, k, k)
 
 
+def trimap_from_strokes(
+    painted: np.ndarray,
+    band: int,
+    foreground: np.ndarray | None = None,
+    background: np.ndarray | None = None,
+    unknown: np.ndarray | None = None,
+) -> np.ndarray:
+    """Trimap from a person's brush strokes (the interactive page): the roughly ``painted``
+    object, holes filled (an outline counts as its inside), gets the :func:`trimap_from_mask`
+    band of ``band`` pixels; then the fixing strokes win, in this order: ``foreground`` (sure
+    object), ``background`` (sure background), ``unknown`` (hair, fur, glass: let the
+    matting decide).
+
+    All masks are bool (H, W); ``foreground`` strokes count as painted object too. Returns
+    uint8 (H, W) in {0, 128, 255}; all 0 when nothing is painted.
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    shape = painted.shape
+    none = np.zeros(shape, bool)
+    fg = none if foreground is None else foreground.astype(bool)
+    bg = none if background is None else background.astype(bool)
+    unk = none if unknown is None else unknown.astype(bool)
+    obj = binary_fill_holes(painted.astype(bool) | fg)
+    trimap = (
+        trimap_from_mask(obj.astype(np.uint8) * 255, band)
+        if obj.any()
+        else np.zeros(shape, np.uint8)
+    )
+    trimap[fg] = 255
+    trimap[bg] = 0
+    trimap[unk] = 128
+    return trimap
+
+
 def band_pixels(spec: str | float, hw: tuple[int, int]) -> int:
     """``--band``: "12" pixels, or "1.5%" of the image diagonal (at least 1 pixel)."""
     text = str(spec).strip()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.py_encoder_decoder import DIM
@@ -32,3 +34,10 @@ def random_checkpoint(path: Path, stage: int, seed: int = 0, **model_kwargs) -> 
     model = DIM(refine=stage > 1, **model_kwargs)
     state = {"model": model.state_dict(), "model_config": model.config, "stage": stage}
     return save_checkpoint(path, {**state, "config": {"lr": 1e-5}, "epoch": 0})
+
+
+def unavailable(reason: str):
+    """Skip locally, fail in CI (CI=true), so CI proves what a laptop may lack."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI=true: this must work in CI)")
+    pytest.skip(reason)

@@ -16,6 +16,7 @@ import predict
 from data import compose
 from data.testsets import open_testset
 from tests.helpers import random_checkpoint
+from utils import matting
 from utils.image_io import read_gray, read_rgb, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +196,7 @@ def test_composite_math():
     fg = np.full((2, 2, 3), 1.0, np.float32)
     bg = np.zeros((2, 2, 3), np.uint8)
     alpha = np.array([[0, 0.5], [1, 0.25]], np.float32)
-    out = predict.composite_on(fg, alpha, bg)
+    out = matting.composite_on(fg, alpha, bg)
     np.testing.assert_array_equal(out[..., 0], [[0, 128], [255, 64]])
 
 

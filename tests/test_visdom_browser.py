@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from data import layout
+from tests.helpers import unavailable
 from utils import visdom_frontend
 from utils.visdom_frontend import FrontendError, free_port, running_server
 from utils.visualization import PALETTE, RECOMP_BG, Visualizer
@@ -42,13 +43,6 @@ CHROMIUM_FLAGS = [
     # virtual time runs the page's timers fast and waits for its network requests
     "--virtual-time-budget=8000",
 ]
-
-
-def unavailable(reason: str):
-    """Skip locally, fail in CI (CI=true), so CI proves what a laptop may lack."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: this must work in CI)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import http.server
 import json
 import logging
 import math
-import os
 import threading
 import time
 import warnings
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 from data import layout
+from tests.helpers import unavailable
 from utils import visdom_frontend, visualization
 from utils.visdom_frontend import FrontendError, free_port, running_server
 from utils.visualization import (
@@ -41,13 +41,6 @@ from utils.visualization import (
 
 H = W = 64
 TILE = 128  # 2x the crop: tiles are exact nearest-neighbour enlargements
-
-
-def unavailable(reason: str):
-    """Skip locally, fail in CI (CI=true), so CI proves what a laptop may lack."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: this must work in CI)")
-    pytest.skip(reason)
 
 
 def make_batch(n: int = 3, seed: int = 0):
