@@ -47,6 +47,7 @@ from models.py_encoder_decoder import (
 )
 from models.py_loss import DIMLoss
 from utils import distributed as dist_utils
+from utils import runlock
 from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -280,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="auto",
         default=None,
-        help="continue from last.pt of this run/stage (or from the given path)",
+        help="continue from this run/stage's last.pt when it exists, else start afresh "
+        "(auto, the default of a bare --resume: a requeued job repeats its command line), "
+        "or from the given last.pt",
     )
     g.add_argument(
         "--save-every",
@@ -427,10 +430,21 @@ class Interrupted(Exception):
         super().__init__(f"{name}: stopped after iteration {iteration}, saved {path}")
 
 
-# Test-only fault injection: DIM_FAULT_INJECT="phase:iteration" sends this process SIGINT at
-# that phase (forward, backward, step, validation, save) of that (1-based) iteration, so the
-# interrupt tests are reproducible instead of timing-dependent.
+# Test-only fault injection: DIM_FAULT_INJECT="phase:iteration[:signal[:rank]]" sends this
+# process a signal (INT, the default; TERM, as a scheduler's preemption; KILL, a crash) at that
+# phase (forward, backward, step, validation, save) of that (1-based) iteration, on every rank or
+# only the given one, and only in torchrun's first attempt (TORCHELASTIC_RESTART_COUNT), so the
+# interrupt, requeue and elastic-restart tests are reproducible instead of timing-dependent.
 FAULT_ENV = "DIM_FAULT_INJECT"
+
+# Settings that define the network: resuming under others cannot continue the same model.
+MODEL_KEYS = ("fc6", "upsample", "skip", "refine_add")
+# Settings a resume may change without comment: where things are, how fast, how verbose.
+RESUME_FREE_KEYS = frozenset(
+    ("resume", "workers", "threads", "cache_dir", "no_visdom", "visdom_server", "visdom_port",
+     "log_every", "panel_every", "save_every", "max_iters", "real_val", "real_val_every",
+     "real_val_trimap", "device", "compile", "channels_last", "runs_dir", "no_bg_cache")
+)  # fmt: skip
 
 
 class Trainer:
@@ -471,14 +485,18 @@ class Trainer:
         # Read every file named on the command line (--init / previous stage, --resume,
         # --vgg-weights) before the (possibly long) data set-up, so a missing or broken one
         # fails at once.
-        self.start_path, self.start_state = self._start_checkpoint()
+        if self.main and self.stage_dir.is_dir():
+            self._check_lock()  # another live training here: refuse before the data set-up
         self.resume_path, self.resume_state = self._resume_checkpoint()
+        self.start_path, self.start_state = self._start_checkpoint()
         self.vgg_state = self._read_vgg_weights()
         self._setup_data()
         self._setup_model()
         self._setup_optim()
+        self._locked = False
         if self.main:  # only now: a refused start leaves no folder behind
             self.stage_dir.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
             for stale in remove_stale_temps(self.stage_dir):
                 log.info("removed %s, left by a writer that no longer runs", stale.name)
         self._stop_signal: int | None = None
@@ -575,7 +593,7 @@ class Trainer:
         """The checkpoint this stage starts from (``--init``, else the previous stage's best.pt
         for stages 2-3), loaded; (None, None) for stage 1 from VGG/random init or a resume."""
         cfg = self.cfg
-        if cfg["resume"]:
+        if self.resume_state is not None:
             return None, None
         init, prev_stage = cfg["init"], self.spec.starts_from
         if init is None and prev_stage is not None:
@@ -592,12 +610,19 @@ class Trainer:
         return (None, None) if init is None else (Path(init), load_checkpoint(init))
 
     def _resume_checkpoint(self) -> tuple[Path | None, dict | None]:
-        """The ``--resume`` checkpoint (``auto``: this stage's last.pt), loaded and checked to
-        be of this stage; (None, None) without --resume."""
+        """The ``--resume`` checkpoint, loaded and checked to be this stage's and this model's;
+        (None, None) without --resume, or with ``--resume auto`` when this stage has no
+        last.pt yet (a fresh start, so a requeued command line works the first time too)."""
         path = self.cfg["resume"]
         if not path:
             return None, None
-        path = self.stage_dir / "last.pt" if path == "auto" else Path(path)
+        if path == "auto":
+            path = self.stage_dir / "last.pt"
+            if not path.is_file():
+                if self.main:
+                    log.info("--resume auto: no %s yet, starting a new run", path)
+                return None, None
+        path = Path(path)
         if not path.is_file():
             raise TrainerError(
                 f"--resume: {path} not found (nothing to resume for run "
@@ -615,13 +640,70 @@ class Trainer:
                 f"--resume {path}: it holds weights only (no {', '.join(missing)}), as best.pt "
                 "does; resume from last.pt, or start a new run from it with --init"
             )
+        self._check_same_run(path, state.get("config") or {})
         return path, state
+
+    def _check_same_run(self, path: Path, saved: dict) -> None:
+        """Refuse a resume whose model settings differ from the checkpoint's (the weights
+        would not be that model's); name the other changed settings (the continuation is then
+        not what an uninterrupted run would have done)."""
+        cfg = self.cfg
+        changed = {
+            k: (saved[k], cfg[k])
+            for k in sorted(saved.keys() & cfg.keys())
+            if k not in RESUME_FREE_KEYS and saved[k] != cfg[k]
+        }
+
+        def diff(keys) -> str:
+            return ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in keys)
+
+        model = [k for k in MODEL_KEYS if k in changed]
+        if model:
+            flags = " ".join(f"--{k.replace('_', '-')} {changed[k][0]}" for k in model)
+            raise TrainerError(
+                f"--resume {path}: that run's model differs from this command's "
+                f"({diff(model)}); resume with its settings ({flags}) or start a new run "
+                "with another --run-name"
+            )
+        if changed and self.main:
+            log.warning(
+                "--resume %s with changed settings (%s): the run continues, but not as an "
+                "uninterrupted run would have",
+                path,
+                diff(changed),
+            )
+
+    def _check_lock(self) -> None:
+        try:
+            runlock.check_unlocked(self.stage_dir)
+        except runlock.RunLockedError as e:
+            raise TrainerError(str(e)) from e
+
+    def _take_lock(self) -> None:
+        """Own the stage folder while this Trainer may write in it (rank 0)."""
+        try:
+            note = runlock.acquire(self.stage_dir)
+        except runlock.RunLockedError as e:
+            raise TrainerError(str(e)) from e
+        if note:
+            log.warning("%s", note)
+        self._locked = True
+
+    def close(self) -> None:
+        """Give the run folder back (the lock); ``fit`` takes it again if called later."""
+        if self._locked:
+            runlock.release(self.stage_dir)
+            self._locked = False
 
     def _read_vgg_weights(self):
         """The ImageNet VGG16-BN state dict for a stage-1 start (``--vgg-weights``, else
         torch's hub cache when present), read now; None when not needed or not found."""
         cfg = self.cfg
-        if cfg["resume"] or self.start_state is not None or self.spec.starts_from is not None:
+        if (
+            self.resume_state is not None
+            or self.start_state is not None
+            or self.spec.starts_from is not None
+        ):
             return None
         weights = cfg["vgg_weights"]
         if weights is None:
@@ -635,8 +717,7 @@ class Trainer:
 
     def _initialise(self, model: DIM) -> str:
         """Load starting weights for this stage; return a line saying what was loaded."""
-        cfg = self.cfg
-        if cfg["resume"]:
+        if self.resume_state is not None:
             return "weights from the resumed checkpoint"
         init, state = self.start_path, self.start_state
         self.start_state = None  # the weights live in the model from here on
@@ -907,6 +988,8 @@ class Trainer:
                 self.iters_per_epoch,
             )
         summary = None
+        if self.main and not self._locked:
+            self._take_lock()
         previous = self._install_stop_handlers()
         try:
             while self.epoch < cfg["epochs"]:
@@ -950,6 +1033,7 @@ class Trainer:
             self._restore_stop_handlers(previous)
             if self.viz is not None:
                 self.viz.close()
+            self.close()
         return summary
 
     # ---- stopping on signals ------------------------------------------------------------
@@ -998,12 +1082,20 @@ class Trainer:
         being computed for forward/backward/step, the last one completed for
         validation/save."""
         spec = os.environ.get(FAULT_ENV)
-        if not spec or self._fault_fired:
+        if (
+            not spec
+            or self._fault_fired
+            or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+        ):
             return
+        where, _, rest = spec.partition(":")
         n = self.iteration + (1 if phase in ("forward", "backward", "step") else 0)
-        if spec == f"{phase}:{n}":
-            self._fault_fired = True  # once: a real user presses Ctrl-C once
-            os.kill(os.getpid(), signal.SIGINT)
+        it, _, rest = rest.partition(":")
+        sig, _, rank = rest.partition(":")
+        if where != phase or it != str(n) or (rank and rank != str(dist_utils.rank())):
+            return
+        self._fault_fired = True  # once: a real user presses Ctrl-C once
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'INT'}"))
 
     def _end_epoch(self, train: dict) -> dict | None:
         summary = None

@@ -51,7 +51,17 @@ def init_distributed(device_type: str) -> torch.device | None:
     else:
         device = torch.device(device_type)
         backend = "gloo"
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    timeout = timedelta(minutes=30)
+    # torchrun's agent keeps one key-value store for every restart of the group (its shared
+    # rendezvous store), so keys the dead attempt wrote (each rank's address) are still there
+    # and a restarted rank can read its peer's stale address and hang in the backend's set-up.
+    # Each attempt gets its own key space.
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"dim-attempt-{attempt}", store)
+    dist.init_process_group(
+        backend=backend, store=store, rank=rank, world_size=size, timeout=timeout
+    )
     return device
 
 
