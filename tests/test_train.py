@@ -229,7 +229,7 @@ def test_bad_flags_get_clear_errors(tiny_root, tmp_path):
     with pytest.raises(tr.TrainerError, match="multiple of 32"):
         make_trainer(argv(tiny_root, tmp_path, 1, "--crop-size", "70"))
     with pytest.raises(tr.TrainerError, match="nothing to resume"):
-        make_trainer(argv(tiny_root, tmp_path, 1, "--resume"))
+        make_trainer(argv(tiny_root, tmp_path, 1, "--resume", str(tmp_path / "gone.pt")))
     if not torch.cuda.is_available():
         with pytest.raises(tr.TrainerError, match="CUDA"):
             make_trainer(argv(tiny_root, tmp_path, 1, "--device", "cuda"))
