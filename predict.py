@@ -9,6 +9,8 @@ Examples (from the repository root)::
     python predict.py --checkpoint runs/demo --image photo.jpg --mask photo_mask.png --band 1.5%
     # no trained model? classical closed-form matting
     python predict.py --method closed-form --image photo.jpg --mask photo_mask.png
+    # an ONNX export (export.py) on onnxruntime: no PyTorch needed
+    python predict.py --onnx model.onnx --image photo.jpg --trimap photo_trimap.png
 
 ``--image`` and ``--trimap`` are files or folders (matched by file stem: ``photos/cat.jpg`` goes
 with ``trimaps/cat.png``). For each image NAME, ``--out`` (default ``out/``) receives:
@@ -33,6 +35,9 @@ are refused with an explanation; ``--snap-trimap`` maps them to the nearest of 0
 ``--checkpoint`` takes a .pt file or a run folder (its highest stage's best.pt); without it the
 only run under runs/ is used. Large images are tiled (``--max-side``, default 1600 px), which
 gives the same alpha as whole-image inference with bounded memory.
+``--onnx model.onnx`` replaces ``--checkpoint``/``--method``: the export (export.py) runs on
+onnxruntime (CPU, float32) with the same padding, tiling and known-pixel forcing, and this
+path never imports torch.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ from utils.image_io import (
     read_rgb,
     write_png,
 )
-from utils.inference import add_inference_args
 from utils.matting import matte
+from utils.onnx_inference import OnnxModelError
+from utils.tiling import add_inference_args
 
 log = logging.getLogger("predict")
 
@@ -222,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the only run under runs/",
     )
     p.add_argument(
+        "--onnx",
+        help="run this ONNX export (export.py) on onnxruntime instead of a checkpoint: no "
+        "PyTorch needed; CPU, float32",
+    )
+    p.add_argument(
         "--stage", type=int, choices=(1, 2, 3), help="refuse a checkpoint of another stage"
     )
     p.add_argument(
@@ -255,46 +266,55 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from utils.checkpoint import CheckpointError
+    errors: tuple[type[Exception], ...] = (InputError, ImageReadError, OnnxModelError)
+    if args.onnx is None:  # the --onnx path never imports torch (utils/checkpoint.py does)
+        from utils.checkpoint import CheckpointError
 
+        errors += (CheckpointError,)
     try:
         return _run(args)
-    except (CheckpointError, InputError, ImageReadError) as e:
+    except errors as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 2
+
+
+def _check_onnx_flags(args) -> None:
+    """--onnx replaces --checkpoint/--method and runs on onnxruntime's CPU provider in float32."""
+    if args.checkpoint or args.method != "dim":
+        raise InputError(
+            "--onnx runs the exported model: drop --checkpoint/--method (they are mutually "
+            "exclusive with --onnx)"
+        )
+    if args.device not in ("auto", "cpu") or args.amp != "off":
+        raise InputError(
+            f"--onnx runs on onnxruntime's CPU provider in float32: drop --device {args.device}"
+            f"/--amp {args.amp} (or run the checkpoint with --checkpoint)"
+        )
 
 
 def _run(args) -> int:
     from tqdm import tqdm
 
-    from utils.device import check_amp, pick_device
-    from utils.inference import load_model_for_inference
-
     if args.method == "closed-form" and (args.checkpoint or args.stage):
         raise InputError("--method closed-form needs no checkpoint: drop --checkpoint/--stage")
+    if args.onnx is not None:
+        _check_onnx_flags(args)
     if args.mask:
         jobs = pair_inputs(args.image, args.mask, kind="mask")
     else:
         jobs = pair_inputs(args.image, args.trimap)
     background = read_rgb(args.background) if args.background else None
-    try:
-        device = pick_device(args.device)
-        check_amp(args.amp, device)
-    except (ValueError, RuntimeError) as e:
-        raise InputError(str(e)) from e
-    model, label = None, "closed-form matting (Levin et al. 2008, pymatting)"
-    if args.method == "dim":
-        model, state, ckpt = load_model_for_inference(args.checkpoint, device, stage=args.stage)
-        label = f"Deep Image Matting, {ckpt} (stage {state.get('stage')})"
+    kwargs: dict = dict(tile=args.tile, overlap=args.overlap, max_side=args.max_side or None)
+    if args.onnx is not None:
+        from utils.onnx_inference import load_onnx_model
+
+        model = load_onnx_model(args.onnx, stage=args.stage)
+        label, device = f"Deep Image Matting (ONNX), {model.describe()}", "onnxruntime CPU"
+    else:
+        model, label, device = _torch_model(args)
+        kwargs.update(device=device, amp=args.amp)
     log.info("method: %s on %s", label, device)
     out = Path(args.out)
-    kwargs = dict(
-        device=device,
-        amp=args.amp,
-        tile=args.tile,
-        overlap=args.overlap,
-        max_side=args.max_side or None,
-    )
     for job in tqdm(jobs, desc="matting", unit="img", disable=len(jobs) == 1):
         image, trimap = read_inputs(job, args.snap_trimap, args.band, args.max_pixels)
         t0 = time.perf_counter()
@@ -312,6 +332,22 @@ def _run(args) -> int:
             ", ".join(str(p) for p in written),
         )
     return 0
+
+
+def _torch_model(args):
+    """(model or None for closed-form, label, torch device) from the torch-path flags."""
+    from utils.device import check_amp, pick_device
+    from utils.inference import load_model_for_inference
+
+    try:
+        device = pick_device(args.device)
+        check_amp(args.amp, device)
+    except (ValueError, RuntimeError) as e:
+        raise InputError(str(e)) from e
+    if args.method != "dim":
+        return None, "closed-form matting (Levin et al. 2008, pymatting)", device
+    model, state, ckpt = load_model_for_inference(args.checkpoint, device, stage=args.stage)
+    return model, f"Deep Image Matting, {ckpt} (stage {state.get('stage')})", device
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Run the benchmark suite and print one table: ``python -m benchmarks``.
 
-    python -m benchmarks [--quick] [--json PATH] [--only data,metrics,train,infer]
+    python -m benchmarks [--quick] [--json PATH] [--only data,metrics,train,infer,export]
         [--workers N] [--device auto|cpu|cuda] [--peak-tflops T] [--note TEXT]
 
 Runs, in this order, each module's ``run(quick=...) -> dict``:
@@ -9,6 +9,7 @@ Runs, in this order, each module's ``run(quick=...) -> dict``:
     metrics  benchmarks/bench_metrics.py  SAD/MSE/Grad/Conn speed vs the literal reference
     train    benchmarks/bench_train.py    training step: samples/s, memory, FLOPs, end-to-end
     infer    benchmarks/bench_infer.py    inference: ms per megapixel and peak memory
+    export   benchmarks/bench_export.py   ONNX export: onnxruntime vs PyTorch, CPU ms per megapixel
 
 then prints one Markdown table with the targets beside the measurements, and with ``--json``
 writes one JSON object: ``machine`` (CPU model, cores, memory, load, versions, CUDA device,
@@ -45,6 +46,7 @@ BENCHES: dict[str, str] = {
     "metrics": "benchmarks.bench_metrics",
     "train": "benchmarks.bench_train",
     "infer": "benchmarks.bench_infer",
+    "export": "benchmarks.bench_export",
 }
 SCHEMA_VERSION = 1
 TABLE_HEAD = ("bench", "measurement", "value", "target", "verdict")
@@ -203,6 +205,19 @@ def infer_rows(r: dict) -> list[list[str]]:
     return rows
 
 
+def export_rows(r: dict) -> list[list[str]]:
+    goal = r.get("target_max_abs_diff")
+    return [
+        [
+            f"CPU {r['size']} whole, onnxruntime vs PyTorch ({r['threads']} threads, one run)",
+            f"{r['onnxruntime_ms_per_mpx']:.0f} vs {r['torch_ms_per_mpx']:.0f} ms/Mpx "
+            f"({r['onnxruntime_speedup']:.2f}x), alpha max abs diff {r['alpha_max_abs_diff']:.1g}",
+            f"max abs diff <= {goal:.2g} (1/255)" if goal else "",
+            _verdict(r.get("agrees")),
+        ]
+    ]
+
+
 def train_rows(res: dict) -> list[list[str]]:
     """Rows of bench_train's results (what, measured, target, verdict)."""
     from benchmarks import bench_train  # torch and torchvision: only when a train row is due
@@ -303,7 +318,13 @@ def train_rows(res: dict) -> list[list[str]]:
     return out
 
 
-SUMMARISERS = {"data": data_rows, "metrics": metrics_rows, "train": train_rows, "infer": infer_rows}
+SUMMARISERS = {
+    "data": data_rows,
+    "metrics": metrics_rows,
+    "train": train_rows,
+    "infer": infer_rows,
+    "export": export_rows,
+}
 
 
 def cross_rows(results: dict[str, dict]) -> list[list[str]]:

@@ -56,7 +56,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import torch
 
     from models.py_encoder_decoder import DIM
-    from utils import inference
+    from utils import inference, tiling
 
     w, h = args.size
     device = torch.device(args.device)
@@ -69,7 +69,7 @@ def _worker(args: argparse.Namespace) -> dict:
     trimap[-h // 8 :] = 255
 
     inference.predict_alpha(model, image[:64, :64], trimap[:64, :64], device=device)  # warm-up
-    plan = inference.plan_tiles
+    plan = tiling.plan_tiles
     info: dict = {}
 
     def sampled_plan(*a, **k):
@@ -86,7 +86,7 @@ def _worker(args: argparse.Namespace) -> dict:
         info["run_px"] = info["window_px"]
         return tiles
 
-    inference.plan_tiles = sampled_plan
+    tiling.plan_tiles = sampled_plan  # what utils.tiling.infer_padded calls
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -48,6 +48,8 @@ import torchvision
 from torch import Tensor, nn
 
 from data import layout
+from utils.tiling import crop_back as _crop_back
+from utils.tiling import pad_amounts
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ def pad_to_multiple(
     """Pad the last two dims of ``x`` (..., H, W) up to multiples of ``multiple``.
 
     The padding is split evenly between the two sides (the extra pixel goes right/bottom),
-    so the network sees image content around the whole border. ``mode`` is any
+    so the network sees image content around the whole border (:func:`utils.tiling.pad_amounts`,
+    whose numpy twin :func:`utils.tiling.pad_to_multiple` pads the same way). ``mode`` is any
     ``torch.nn.functional.pad`` mode ("reflect", "replicate", "constant"); "reflect" needs
     every pad smaller than the side it mirrors, so tiny inputs fall back to "replicate".
     Integer tensors are padded in float32 and cast back.
@@ -78,12 +81,10 @@ def pad_to_multiple(
     if x.dim() < 2:
         raise ValueError(f"pad_to_multiple needs a tensor (..., H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-    if ph == 0 and pw == 0:
+    pads, mode = pad_amounts(h, w, multiple, mode)  # the rule, shared with the numpy twin
+    if not any(pads):
         return x, pads
-    if mode == "reflect" and (max(pads[:2]) >= w or max(pads[2:]) >= h):
-        mode = "replicate"
+    ph, pw = pads[2] + pads[3], pads[0] + pads[1]
     lead = x.shape[:-2]
     y = x.reshape(-1, 1, h, w) if x.dim() != 4 else x  # F.pad's reflect wants 3-D/4-D
     dtype = y.dtype
@@ -98,9 +99,7 @@ def pad_to_multiple(
 
 def crop_back(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
     """Undo :func:`pad_to_multiple`: crop ``pads = (left, right, top, bottom)`` off (..., H, W)."""
-    left, right, top, bottom = pads
-    h, w = x.shape[-2:]
-    return x[..., top : h - bottom, left : w - right]
+    return _crop_back(x, pads)
 
 
 # --- building blocks -------------------------------------------------------------------------
@@ -207,13 +206,38 @@ class Encoder(nn.Module):
         return EncoderOutput(self.fc6(x), indices, sizes, features)
 
 
+def _repeat2x(t: Tensor) -> Tensor:
+    """Nearest-neighbour 2x upsampling of (N, C, h, w) by broadcasting: any dtype, exact."""
+    n, c, h, w = t.shape
+    return t[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+def unpool2x_elementwise(x: Tensor, indices: Tensor) -> Tensor:
+    """``F.max_unpool2d(x, indices, 2, 2)`` for an even-sized input, from elementwise ops only.
+
+    x, indices (N, C, h, w) from a 2x2 stride-2 max-pool of a (2h, 2w) map -> (N, C, 2h, 2w).
+    Each output pixel lies in exactly one pooling window; it gets that window's maximum when
+    the pool's flat per-channel index (row * 2w + column) names it, else zero. Bit-identical
+    to ``max_unpool2d``. Used for ONNX export (``Upsample.elementwise``): the exporters do not
+    write ONNX MaxUnpool with PyTorch's per-channel index layout, and these ops (Expand,
+    Reshape, Equal, Where) run in any ONNX runtime.
+    """
+    h2, w2 = 2 * x.shape[-2], 2 * x.shape[-1]
+    grid = torch.arange(h2 * w2, device=x.device, dtype=indices.dtype).reshape(1, 1, h2, w2)
+    return torch.where(_repeat2x(indices) == grid, _repeat2x(x), torch.zeros((), dtype=x.dtype))
+
+
 class Upsample(nn.Module):
     """One 2x upsampling step of the decoder: "unpool", "bilinear" or "deconv".
 
     "unpool" puts each value back where the encoder's max-pool found it (``output_size`` is
     the pre-pool size, so any multiple of 32 works); "bilinear" ignores the indices;
     "deconv" is a learned 2x2 stride-2 transposed convolution keeping the channel count.
+    ``elementwise = True`` computes "unpool" with :func:`unpool2x_elementwise` (same values,
+    slower): ``export.py`` sets it on the model it exports, training never does.
     """
+
+    elementwise = False
 
     def __init__(self, mode: str, channels: int):
         super().__init__()
@@ -226,6 +250,8 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor, indices: Tensor, size: torch.Size) -> Tensor:
         if self.mode == "unpool":
+            if self.elementwise:
+                return unpool2x_elementwise(x, indices)
             return F.max_unpool2d(x, indices, 2, 2, output_size=size)
         if self.mode == "bilinear":
             return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

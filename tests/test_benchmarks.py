@@ -149,7 +149,7 @@ def test_quick_suite_writes_the_json_schema(tmp_path):
     assert isinstance(m["torch"], str) and isinstance(m["cuda_available"], bool)
     datetime.fromisoformat(m["date"])
     assert is_positive(res["seconds"]["total"])
-    assert set(res["benchmarks"]) == {"data", "metrics", "train", "infer"}
+    assert set(res["benchmarks"]) == {"data", "metrics", "train", "infer", "export"}
     assert res["table"] and all(set(r) == set(suite.TABLE_HEAD) for r in res["table"])
     assert all(isinstance(v, str) for r in res["table"] for v in r.values())
 
@@ -195,6 +195,15 @@ def test_quick_suite_writes_the_json_schema(tmp_path):
         assert "error" not in r, r
         if "skipped" not in r:
             assert is_positive(r["ms_per_mpx"]) and is_positive(r["peak_rss_mb"])
+
+    e = b["export"]
+    assert e["quick"] is True and e["agrees"] is True
+    for key in ("torch_ms_per_mpx", "onnxruntime_ms_per_mpx", "onnxruntime_speedup", "onnx_mb"):
+        assert is_positive(e[key]), key
+    assert 0 <= e["alpha_max_abs_diff"] <= e["target_max_abs_diff"] == 1 / 255
+    row = [r for r in res["table"] if r["bench"] == "export"]
+    assert len(row) == 1 and "onnxruntime vs PyTorch" in row[0]["measurement"]
+    assert row[0]["verdict"] == "met"
 
 
 def test_recipe_table_and_curves(tmp_path):

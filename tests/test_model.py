@@ -19,7 +19,9 @@ from models.py_encoder_decoder import (
     crop_back,
     load_vggbn,
     pad_to_multiple,
+    unpool2x_elementwise,
 )
+from utils import tiling
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG_URL = torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1.url
@@ -194,6 +196,39 @@ def test_aligned_input_is_not_padded_and_padded_input_runs(shared_model):
     with torch.no_grad():
         raw, _ = shared_model(padded)
     assert crop_back(raw, pads).shape == (1, 1, 50, 45)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 37, 50), (2, 3, 65, 33), (33, 70), (1, 1, 3, 5)])
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "constant"])
+def test_numpy_pad_twin_pads_like_torch(shape, mode):
+    x = torch.randn(shape)
+    want, pads = pad_to_multiple(x, mode=mode)
+    got, np_pads = tiling.pad_to_multiple(x.numpy(), mode=mode)
+    assert np_pads == pads
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=0, atol=0)
+    assert (tiling.crop_back(got, pads) == x.numpy()).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 4, 6), (2, 3, 32, 64), (1, 64, 96, 32)])
+def test_elementwise_unpool_is_bit_identical_to_max_unpool(shape):
+    x = torch.randn(shape)
+    x[..., ::3, ::2] = 0.0  # ties inside pooling windows: the pool's choice must be kept
+    pooled, idx = torch.nn.functional.max_pool2d(x, 2, 2, return_indices=True)
+    want = torch.nn.functional.max_unpool2d(pooled, idx, 2, 2, output_size=shape[-2:])
+    got = unpool2x_elementwise(pooled, idx)
+    assert torch.equal(got, want) and got.dtype == want.dtype
+
+
+def test_elementwise_unpool_flag_keeps_the_model_output():
+    torch.manual_seed(0)
+    model = DIM(refine=True).eval()
+    x = _data(1, 64, 96)
+    with torch.no_grad():
+        want = model(x)
+        for m in model.decoder.ups:
+            m.elementwise = True
+        got = model(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
 # --- gradients per stage ---------------------------------------------------------------------

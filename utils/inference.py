@@ -1,36 +1,22 @@
-"""Whole-image inference: the one place that pads images to a multiple of 32 and tiles them.
+"""Whole-image inference with PyTorch: a DIM model on a full-resolution image and trimap.
 
 :func:`predict_alpha` runs a DIM model on a full-resolution image and trimap and returns the
 alpha matte at the image's own size:
 
 1. ``data`` (4, H, W) is built with :func:`data.layout.make_data` (ImageNet-normalised RGB +
    scaled trimap);
-2. it is reflect-padded to a multiple of 32 (the encoder pools five times) with the model
-   file's ``pad_to_multiple`` (padding split between opposite sides);
+2. it is reflect-padded to a multiple of 32 (the encoder pools five times) with
+   :func:`utils.tiling.pad_to_multiple` (padding split between opposite sides);
 3. the model runs under ``torch.inference_mode`` (optionally bf16/fp16 autocast on CUDA), in
    eval mode (BatchNorm uses its running statistics, so a pixel's output does not depend on
    the rest of the batch);
 4. the result is cropped back to (H, W); the refined alpha is used when the model has a refine
    head, else the raw one; pixels the trimap marks known are set to exactly 0 / 1.
 
-Tiling (bounded memory)
------------------------
-With ``tile=T`` the padded image is cut into T x T *cores*; each core is run inside a
-*window* that adds ``overlap`` pixels of real image context on every side (clipped at the
-image border, where whole-image inference sees the same zero padding), and only the core is
-written back. Windows start on multiples of 32, so every max-pool sees exactly the pooling
-grid of the whole image. A pixel's output therefore equals whole-image inference whenever its
-window holds its whole receptive field; differences come only from the zero padding at a
-window's inner edges and shrink with the distance to that edge.
-
-How much overlap makes tiling exact: an interval analysis of the network (every conv,
-pool, unpool index and decoder level, at each of the 32 pixel phases) gives a receptive field
-of at most 218 px on each side for the default architecture (fc6 "transmap", "unpool"
-upsampling), 186 px with fc6 "conv1x1", and at most 32 px more with "bilinear" upsampling.
-:func:`exact_overlap` rounds these up to multiples of 32 (224 / 192 / +32). With that
-overlap - the default - tiled inference equals whole-image inference everywhere, up to float
-rounding (``tests/test_inference.py`` checks it); a smaller ``overlap`` is faster and differs
-only within (required - overlap) px of a seam, by an amount that depends on the weights.
+Tiling (bounded memory): ``tile``, ``overlap`` and ``max_side`` as described in
+:mod:`utils.tiling`, which holds the padding, the tile plans and the exact overlap (numpy only,
+shared with the onnxruntime path :mod:`utils.onnx_inference`); with the default overlap, tiled
+inference equals whole-image inference up to float rounding.
 
 Memory (CPU, float32, measured on this project's machine): whole-image inference needs about
 1.5 GB of activations per megapixel (a 4000x3000 image: ~18 GB). Tiled, a forward pass never
@@ -44,10 +30,8 @@ larger than N x N.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,126 +39,22 @@ import torch
 
 from data import layout
 from utils.device import check_amp
-from utils.image_io import MAX_PIXELS
 
-STRIDE = 32  # total down-sampling of the encoder (five 2x2 max-pools)
-DEFAULT_MAX_SIDE = 1600  # the CLIs' default: windows of <= 1600 x 1600 px (~4 GB on CPU)
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One tile of a padded image: ``core`` is written back, ``window`` is what the net sees.
-
-    Both are ``(slice_y, slice_x)`` into the padded (Hp, Wp) image; ``inner`` is the core's
-    position inside the window's output.
-    """
-
-    core: tuple[slice, slice]
-    window: tuple[slice, slice]
-
-    @property
-    def inner(self) -> tuple[slice, slice]:
-        (cy, cx), (wy, wx) = self.core, self.window
-        return (
-            slice(cy.start - wy.start, cy.stop - wy.start),
-            slice(cx.start - wx.start, cx.stop - wx.start),
-        )
-
-
-def round_up(x: int, m: int = STRIDE) -> int:
-    """Smallest multiple of ``m`` that is >= ``x``."""
-    return int(math.ceil(x / m) * m)
-
-
-def exact_overlap(config: dict | None = None) -> int:
-    """Context (px, a multiple of 32) a tile needs for tiled == whole-image inference.
-
-    ``config`` is ``model.config`` (fc6, upsample, ...); see the module docstring for where
-    the numbers come from: 218 px of receptive field for fc6 "transmap", 186 for "conv1x1",
-    up to 32 px more with bilinear upsampling, each rounded up to a multiple of 32.
-    """
-    config = config or {}
-    overlap = 192 if config.get("fc6") == "conv1x1" else 224
-    return overlap + (32 if config.get("upsample") == "bilinear" else 0)
-
-
-def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    """Cut a padded (height, width) image into cores of ``tile`` px with ``overlap`` context.
-
-    ``height``, ``width``, ``tile`` and ``overlap`` must be multiples of 32, so every window
-    starts on the encoder's pooling grid. Cores partition the image exactly (the last row and
-    column of cores may be smaller); windows are cores grown by ``overlap`` on each side and
-    clipped to the image.
-    """
-    for name, v in (("height", height), ("width", width), ("tile", tile), ("overlap", overlap)):
-        if v % STRIDE or v < 0 or (name != "overlap" and v == 0):
-            raise ValueError(f"{name}={v} must be a positive multiple of {STRIDE}")
-    tiles = []
-    for y0 in range(0, height, tile):
-        y1 = min(y0 + tile, height)
-        wy = slice(max(0, y0 - overlap), min(height, y1 + overlap))
-        for x0 in range(0, width, tile):
-            x1 = min(x0 + tile, width)
-            wx = slice(max(0, x0 - overlap), min(width, x1 + overlap))
-            tiles.append(Tile(core=(slice(y0, y1), slice(x0, x1)), window=(wy, wx)))
-    return tiles
-
-
-def resolve_tile(
-    shape: tuple[int, int], tile: int | None, overlap: int, max_side: int | None
-) -> int | None:
-    """The core size to use for an (H, W) image, or None for whole-image inference.
-
-    An explicit ``tile`` wins (rounded up to a multiple of 32). Otherwise, when ``max_side`` is
-    set and the long side exceeds it, the core is chosen so that a window (core + 2*overlap)
-    is at most ``max_side`` (and at least 32).
-    """
-    if tile is not None:
-        if tile <= 0:
-            raise ValueError(f"tile={tile} must be positive")
-        return round_up(tile)
-    if max_side is None or max(shape) <= max_side:
-        return None
-    if max_side <= 0:
-        raise ValueError(f"max_side={max_side} must be positive")
-    return max(STRIDE, (max_side - 2 * overlap) // STRIDE * STRIDE)
-
-
-def add_inference_args(parser) -> None:
-    """Add the inference flags every CLI shares (evaluate.py, predict.py): device, AMP, tiles."""
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
-    parser.add_argument(
-        "--amp",
-        choices=("off", "auto", "bf16", "fp16"),
-        default="off",
-        help="autocast for inference: bf16 (CUDA or CPU) or fp16 (CUDA); off keeps float32",
-    )
-    parser.add_argument(
-        "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
-    )
-    parser.add_argument(
-        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
-    )
-    parser.add_argument(
-        "--max-side",
-        type=int,
-        default=DEFAULT_MAX_SIDE,
-        help="tile images whose long side exceeds this (bounded memory); 0 = never",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=MAX_PIXELS,
-        help="refuse inputs whose header declares more pixels than this, before decoding "
-        "(a tiny PNG can declare a 30000x30000 image); raise it if the machine has the memory",
-    )
-
-
-def force_known(alpha: np.ndarray, trimap_u8: np.ndarray) -> np.ndarray:
-    """Set pixels the trimap marks known to exactly 0 (background) / 1 (foreground), in place."""
-    alpha[trimap_u8 == layout.TRIMAP_BG] = 0.0
-    alpha[trimap_u8 == layout.TRIMAP_FG] = 1.0
-    return alpha
+# The torch-free pieces live in utils/tiling.py (shared with the onnxruntime path); they are
+# re-exported here because evaluate.py, demo.py and the tests import them from this module.
+from utils.tiling import (  # noqa: F401
+    DEFAULT_MAX_SIDE,
+    STRIDE,
+    Tile,
+    add_inference_args,
+    check_inputs,
+    exact_overlap,
+    force_known,
+    infer_padded,
+    plan_tiles,
+    resolve_tile,
+    round_up,
+)
 
 
 @contextlib.contextmanager
@@ -241,14 +121,9 @@ def predict_alpha(
     Returns:
         float32 (H, W) in [0, 1]; exactly 0 where trimap == 0 and 1 where trimap == 255.
     """
-    from models.py_encoder_decoder import crop_back, pad_to_multiple
-
     image_u8 = np.asarray(image_u8)
     trimap_u8 = np.asarray(trimap_u8)
-    if image_u8.ndim != 3 or image_u8.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image_u8.shape}")
-    if trimap_u8.ndim != 2:
-        raise ValueError(f"trimap must be (H, W), got shape {trimap_u8.shape}")
+    check_inputs(image_u8, trimap_u8)
     h, w = trimap_u8.shape
     device = _model_device(model) if device is None else torch.device(device)
     amp_dtype = check_amp(amp, device)
@@ -259,22 +134,14 @@ def predict_alpha(
     overlap = round_up(max(0, overlap))
     core = resolve_tile((h, w), tile, overlap, max_side)
 
-    data = torch.from_numpy(layout.make_data(image_u8, trimap_u8))[None]  # (1, 4, H, W)
     if _model_device(model) != device:
         model.to(device)
+
+    def forward(window: np.ndarray) -> np.ndarray:
+        return _forward(model, torch.from_numpy(window).to(device), amp_dtype).numpy()
+
     with eval_mode(model), torch.inference_mode():
-        padded, pads = pad_to_multiple(data, STRIDE)
-        del data
-        hp, wp = padded.shape[-2:]
-        if core is None or (core >= hp and core >= wp):
-            out = _forward(model, padded.to(device), amp_dtype)
-        else:
-            out = torch.empty((hp, wp), dtype=torch.float32)
-            for t in plan_tiles(hp, wp, core, overlap):
-                window = padded[(..., *t.window)].to(device)
-                out[t.core] = _forward(model, window, amp_dtype)[t.inner]
-        alpha = crop_back(out, pads).numpy()
-    alpha = np.ascontiguousarray(alpha, dtype=np.float32)
+        alpha = infer_padded(forward, layout.make_data(image_u8, trimap_u8), core, overlap)
     return force_known(alpha, trimap_u8)
 
 

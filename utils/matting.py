@@ -48,17 +48,23 @@ def matte(
     **inference_kwargs,
 ) -> dict[str, np.ndarray]:
     """Run the whole pipeline on arrays: {"alpha": uint8 (H, W), "rgba": (H, W, 4),
-    "composite": (H, W, 3) when ``background`` is given}. ``model`` is a DIM network, or None
-    for closed-form matting (no checkpoint needed). ``inference_kwargs`` go to
-    :func:`utils.inference.predict_alpha` (device, amp, tile, overlap, max_side)."""
-    from utils.inference import predict_alpha
+    "composite": (H, W, 3) when ``background`` is given}. ``model`` is a DIM network, an ONNX
+    export loaded by :func:`utils.onnx_inference.load_onnx_model` (torch is then never
+    imported), or None for closed-form matting (no checkpoint needed). ``inference_kwargs`` go
+    to :func:`utils.inference.predict_alpha` (device, amp, tile, overlap, max_side), or to
+    :meth:`utils.onnx_inference.OnnxMatting.predict_alpha` (tile, overlap, max_side)."""
+    from utils.onnx_inference import OnnxMatting
 
     if model is None:
         from data.testsets import MattingExample
         from utils.evaluation import closed_form
 
         alpha = closed_form(MattingExample("input", image, trimap, None))
+    elif isinstance(model, OnnxMatting):
+        alpha = model.predict_alpha(image, trimap, **inference_kwargs)
     else:
+        from utils.inference import predict_alpha
+
         alpha = predict_alpha(model, image, trimap, **inference_kwargs)
     alpha = np.round(alpha * 255.0).astype(np.uint8).astype(np.float32) / 255.0  # as saved
     fg = estimate_foreground(image, alpha, fg_method)

@@ -1,0 +1,254 @@
+"""Padding to the encoder's grid and exact tiling, on numpy arrays: no torch needed.
+
+Both inference back-ends use this module: :func:`utils.inference.predict_alpha` (PyTorch) and
+:mod:`utils.onnx_inference` (onnxruntime, where torch is not imported at all). Each hands
+:func:`infer_padded` a ``forward`` that maps one padded window (1, 4, h, w) to its alpha (h, w);
+everything around it - padding, tiles, cropping back - is the same code for both.
+
+Padding
+-------
+The network needs H and W that are multiples of 32 (five 2x2 max-pools). :func:`pad_amounts`
+is THE rule: the padding is split evenly between opposite sides (the extra pixel goes
+right/bottom), reflected, or replicated where a side is too small to mirror.
+:func:`pad_to_multiple` applies it to numpy arrays, ``models.py_encoder_decoder.pad_to_multiple``
+to torch tensors; :func:`crop_back` undoes it for either.
+
+Tiling (bounded memory)
+-----------------------
+With ``tile=T`` the padded image is cut into T x T *cores*; each core is run inside a
+*window* that adds ``overlap`` pixels of real image context on every side (clipped at the
+image border, where whole-image inference sees the same zero padding), and only the core is
+written back. Windows start on multiples of 32, so every max-pool sees exactly the pooling
+grid of the whole image. A pixel's output therefore equals whole-image inference whenever its
+window holds its whole receptive field; differences come only from the zero padding at a
+window's inner edges and shrink with the distance to that edge.
+
+How much overlap makes tiling exact: an interval analysis of the network (every conv,
+pool, unpool index and decoder level, at each of the 32 pixel phases) gives a receptive field
+of at most 218 px on each side for the default architecture (fc6 "transmap", "unpool"
+upsampling), 186 px with fc6 "conv1x1", and at most 32 px more with "bilinear" upsampling.
+:func:`exact_overlap` rounds these up to multiples of 32 (224 / 192 / +32). With that
+overlap - the default - tiled inference equals whole-image inference everywhere, up to float
+rounding (``tests/test_inference.py`` checks it); a smaller ``overlap`` is faster and differs
+only within (required - overlap) px of a seam, by an amount that depends on the weights.
+
+``max_side=N`` tiles automatically when the image's long side exceeds N, with windows no
+larger than N x N (memory figures: :mod:`utils.inference`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from data import layout
+from utils.image_io import MAX_PIXELS
+
+STRIDE = 32  # total down-sampling of the encoder (five 2x2 max-pools)
+DEFAULT_MAX_SIDE = 1600  # the CLIs' default: windows of <= 1600 x 1600 px (~4 GB on CPU)
+
+
+# --- padding ---------------------------------------------------------------------------------
+def pad_amounts(
+    height: int, width: int, multiple: int = STRIDE, mode: str = "reflect"
+) -> tuple[tuple[int, int, int, int], str]:
+    """THE padding rule: ``((left, right, top, bottom), mode)`` bringing (height, width) up to
+    multiples of ``multiple``.
+
+    The padding is split evenly between opposite sides (the extra pixel goes right/bottom), so
+    the network sees image content around the whole border. "reflect" needs every pad smaller
+    than the side it mirrors, so tiny inputs fall back to "replicate".
+    """
+    ph, pw = (-height) % multiple, (-width) % multiple
+    pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    if mode == "reflect" and (max(pads[:2]) >= width or max(pads[2:]) >= height):
+        mode = "replicate"
+    return pads, mode
+
+
+_NUMPY_MODES = {"reflect": "reflect", "replicate": "edge", "constant": "constant"}
+
+
+def pad_to_multiple(
+    x: np.ndarray, multiple: int = STRIDE, mode: str = "reflect"
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Pad the last two dims of a numpy array (..., H, W) up to multiples of ``multiple``.
+
+    The numpy twin of ``models.py_encoder_decoder.pad_to_multiple`` (same :func:`pad_amounts`,
+    same values: numpy's "reflect"/"edge" are torch's "reflect"/"replicate"). ``mode`` is
+    "reflect", "replicate" or "constant" (zeros). Returns ``(padded, pads)`` with ``pads =
+    (left, right, top, bottom)``, what :func:`crop_back` needs; aligned inputs are returned as is.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"pad_to_multiple needs an array (..., H, W), got shape {x.shape}")
+    if mode not in _NUMPY_MODES:
+        raise ValueError(f"mode must be one of {sorted(_NUMPY_MODES)}, got {mode!r}")
+    pads, mode = pad_amounts(*x.shape[-2:], multiple, mode)
+    if not any(pads):
+        return x, pads
+    left, right, top, bottom = pads
+    widths = [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)]
+    return np.pad(x, widths, mode=_NUMPY_MODES[mode]), pads
+
+
+def crop_back(x, pads: tuple[int, int, int, int]):
+    """Undo a padding: crop ``pads = (left, right, top, bottom)`` off (..., H, W) (numpy array
+    or torch tensor: plain slicing)."""
+    left, right, top, bottom = pads
+    h, w = x.shape[-2:]
+    return x[..., top : h - bottom, left : w - right]
+
+
+# --- tiles -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a padded image: ``core`` is written back, ``window`` is what the net sees.
+
+    Both are ``(slice_y, slice_x)`` into the padded (Hp, Wp) image; ``inner`` is the core's
+    position inside the window's output.
+    """
+
+    core: tuple[slice, slice]
+    window: tuple[slice, slice]
+
+    @property
+    def inner(self) -> tuple[slice, slice]:
+        (cy, cx), (wy, wx) = self.core, self.window
+        return (
+            slice(cy.start - wy.start, cy.stop - wy.start),
+            slice(cx.start - wx.start, cx.stop - wx.start),
+        )
+
+
+def round_up(x: int, m: int = STRIDE) -> int:
+    """Smallest multiple of ``m`` that is >= ``x``."""
+    return int(math.ceil(x / m) * m)
+
+
+def exact_overlap(config: dict | None = None) -> int:
+    """Context (px, a multiple of 32) a tile needs for tiled == whole-image inference.
+
+    ``config`` is ``model.config`` (fc6, upsample, ...); see the module docstring for where
+    the numbers come from: 218 px of receptive field for fc6 "transmap", 186 for "conv1x1",
+    up to 32 px more with bilinear upsampling, each rounded up to a multiple of 32.
+    """
+    config = config or {}
+    overlap = 192 if config.get("fc6") == "conv1x1" else 224
+    return overlap + (32 if config.get("upsample") == "bilinear" else 0)
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Cut a padded (height, width) image into cores of ``tile`` px with ``overlap`` context.
+
+    ``height``, ``width``, ``tile`` and ``overlap`` must be multiples of 32, so every window
+    starts on the encoder's pooling grid. Cores partition the image exactly (the last row and
+    column of cores may be smaller); windows are cores grown by ``overlap`` on each side and
+    clipped to the image.
+    """
+    for name, v in (("height", height), ("width", width), ("tile", tile), ("overlap", overlap)):
+        if v % STRIDE or v < 0 or (name != "overlap" and v == 0):
+            raise ValueError(f"{name}={v} must be a positive multiple of {STRIDE}")
+    tiles = []
+    for y0 in range(0, height, tile):
+        y1 = min(y0 + tile, height)
+        wy = slice(max(0, y0 - overlap), min(height, y1 + overlap))
+        for x0 in range(0, width, tile):
+            x1 = min(x0 + tile, width)
+            wx = slice(max(0, x0 - overlap), min(width, x1 + overlap))
+            tiles.append(Tile(core=(slice(y0, y1), slice(x0, x1)), window=(wy, wx)))
+    return tiles
+
+
+def resolve_tile(
+    shape: tuple[int, int], tile: int | None, overlap: int, max_side: int | None
+) -> int | None:
+    """The core size to use for an (H, W) image, or None for whole-image inference.
+
+    An explicit ``tile`` wins (rounded up to a multiple of 32). Otherwise, when ``max_side`` is
+    set and the long side exceeds it, the core is chosen so that a window (core + 2*overlap)
+    is at most ``max_side`` (and at least 32).
+    """
+    if tile is not None:
+        if tile <= 0:
+            raise ValueError(f"tile={tile} must be positive")
+        return round_up(tile)
+    if max_side is None or max(shape) <= max_side:
+        return None
+    if max_side <= 0:
+        raise ValueError(f"max_side={max_side} must be positive")
+    return max(STRIDE, (max_side - 2 * overlap) // STRIDE * STRIDE)
+
+
+def force_known(alpha: np.ndarray, trimap_u8: np.ndarray) -> np.ndarray:
+    """Set pixels the trimap marks known to exactly 0 (background) / 1 (foreground), in place."""
+    alpha[trimap_u8 == layout.TRIMAP_BG] = 0.0
+    alpha[trimap_u8 == layout.TRIMAP_FG] = 1.0
+    return alpha
+
+
+def check_inputs(image_u8: np.ndarray, trimap_u8: np.ndarray) -> None:
+    """Raise ValueError unless ``image_u8`` is (H, W, 3) and ``trimap_u8`` is (H, W)."""
+    if image_u8.ndim != 3 or image_u8.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image_u8.shape}")
+    if trimap_u8.ndim != 2:
+        raise ValueError(f"trimap must be (H, W), got shape {trimap_u8.shape}")
+
+
+def infer_padded(
+    forward: Callable[[np.ndarray], np.ndarray],
+    data: np.ndarray,
+    core: int | None,
+    overlap: int,
+) -> np.ndarray:
+    """Pad ``data`` (4, H, W) float32 to multiples of 32, run ``forward`` on the whole image or
+    on the windows of :func:`plan_tiles` (cores of ``core`` px, ``overlap`` px of context; None:
+    whole image), and return the alpha cropped back to (H, W) float32.
+
+    ``forward`` maps a padded window (1, 4, h, w) float32 (C-contiguous) to alpha (h, w)
+    float32. The caller should hold no other reference to ``data``: it is dropped once padded.
+    """
+    padded, pads = pad_to_multiple(data, STRIDE)
+    del data  # the unpadded copy is not needed any more (a 4000x3000 image: ~190 MB)
+    hp, wp = padded.shape[-2:]
+    if core is None or (core >= hp and core >= wp):
+        out = forward(padded[None])
+    else:
+        out = np.empty((hp, wp), dtype=np.float32)
+        for t in plan_tiles(hp, wp, core, overlap):
+            window = np.ascontiguousarray(padded[(slice(None), *t.window)])[None]
+            out[t.core] = forward(window)[t.inner]
+    return np.ascontiguousarray(crop_back(out, pads), dtype=np.float32)
+
+
+# --- command line ----------------------------------------------------------------------------
+def add_inference_args(parser) -> None:
+    """Add the inference flags every CLI shares (evaluate.py, predict.py): device, AMP, tiles."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
+    parser.add_argument(
+        "--amp",
+        choices=("off", "auto", "bf16", "fp16"),
+        default="off",
+        help="autocast for inference: bf16 (CUDA or CPU) or fp16 (CUDA); off keeps float32",
+    )
+    parser.add_argument(
+        "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
+    )
+    parser.add_argument(
+        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
+    )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help="tile images whose long side exceeds this (bounded memory); 0 = never",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="refuse inputs whose header declares more pixels than this, before decoding "
+        "(a tiny PNG can declare a 30000x30000 image); raise it if the machine has the memory",
+    )
