@@ -246,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop (and save last.pt) after N iterations in total",
     )
+    g.add_argument(
+        "--max-minutes",
+        type=number(float, 0, strict=True),
+        default=None,
+        help="stop (and save last.pt) after the step or validation during which M minutes of "
+        "training have passed (the data set-up before the first step is not counted)",
+    )
     g.add_argument("--batch-size", type=number(int, 1), default=None, help="per process (preset)")
     g.add_argument(
         "--lr", type=number(float, 0, strict=True), default=None, help="learning rate (preset)"
@@ -406,9 +413,15 @@ class DataFailure(Exception):
         super().__init__(text)
 
 
-def loader_batches(loader):
+def loader_batches(loader, waits: list[float] | None = None):
     """Iterate ``loader``, turning a data error into :class:`DataFailure` (the state is still
-    "after the previous iteration": batches are fetched before a step starts)."""
+    "after the previous iteration": batches are fetched before a step starts).
+
+    ``waits`` (optional) gets, per batch, the seconds the loop stood blocked on the loader
+    (starting the iterator included): near 0 when the workers keep up with the model. Two
+    clock reads per batch, so it is always on.
+    """
+    t0 = time.perf_counter()
     batches = iter(loader)
     while True:
         try:
@@ -417,7 +430,10 @@ def loader_batches(loader):
             return
         except (ImageReadError, DataSourceError) as e:
             raise DataFailure(e) from e
+        if waits is not None:
+            waits.append(time.perf_counter() - t0)
         yield batch
+        t0 = time.perf_counter()
 
 
 class Interrupted(Exception):
@@ -443,7 +459,8 @@ MODEL_KEYS = ("fc6", "upsample", "skip", "refine_add")
 RESUME_FREE_KEYS = frozenset(
     ("resume", "workers", "threads", "cache_dir", "no_visdom", "visdom_server", "visdom_port",
      "log_every", "panel_every", "save_every", "max_iters", "real_val", "real_val_every",
-     "real_val_trimap", "device", "compile", "channels_last", "runs_dir", "no_bg_cache")
+     "real_val_trimap", "device", "compile", "channels_last", "runs_dir", "no_bg_cache",
+     "max_minutes")
 )  # fmt: skip
 
 
@@ -501,6 +518,7 @@ class Trainer:
                 log.info("removed %s, left by a writer that no longer runs", stale.name)
         self._stop_signal: int | None = None
         self._fault_fired = False  # test-only hook (FAULT_ENV) fires once
+        self._deadline: float | None = None  # perf_counter() at which --max-minutes runs out
         self._setup_visualizer()
         if self.resume_state is not None:
             self._resume()
@@ -889,7 +907,9 @@ class Trainer:
         return out, raw, refined, data, label
 
     def train_epoch(self, max_iters: int | None = None) -> dict:
-        """Train one epoch (or its remainder after a resume); return mean losses."""
+        """Train one epoch (or its remainder after a resume, or until a budget stop); return
+        the mean losses and the epoch's speed: ``samples``, ``seconds``, ``samples_per_s``,
+        ``data_wait_s`` (time blocked on the loader) and ``data_wait_fraction``."""
         cfg = self.cfg
         self.sampler.set_epoch(self.epoch)
         self.sampler.skip_batches = self.batch_in_epoch
@@ -899,9 +919,10 @@ class Trainer:
         self.train_mode()
         sums: dict[str, float] = {}
         n = 0
+        waits: list[float] = []
         t0 = time.perf_counter()
         bar = tqdm(
-            loader_batches(loader),
+            loader_batches(loader, waits),
             desc=f"stage {self.stage} epoch {self.epoch + 1}/{cfg['epochs']}",
             total=len(loader),
             disable=not self.main,
@@ -938,11 +959,16 @@ class Trainer:
             self._stop_if_requested()
             if max_iters is not None and self.iteration >= max_iters:
                 break
+            if self._out_of_time():
+                break
         bar.close()
+        seconds = max(time.perf_counter() - t0, 1e-9)
         means = {k: v / max(n, 1) for k, v in sums.items()}
-        means["samples_per_s"] = (
-            n * cfg["batch_size"] * dist_utils.world_size() / max(time.perf_counter() - t0, 1e-9)
-        )
+        means["samples"] = n * cfg["batch_size"] * dist_utils.world_size()
+        means["seconds"] = seconds
+        means["samples_per_s"] = means["samples"] / seconds
+        means["data_wait_s"] = sum(waits)
+        means["data_wait_fraction"] = min(1.0, sum(waits) / seconds)
         return means
 
     @torch.no_grad()
@@ -990,15 +1016,22 @@ class Trainer:
         summary = None
         if self.main and not self._locked:
             self._take_lock()
+        started = time.perf_counter()
+        if cfg.get("max_minutes"):
+            self._deadline = started + 60.0 * cfg["max_minutes"]
+        totals = {"samples": 0, "seconds": 0.0, "data_wait_s": 0.0}
         previous = self._install_stop_handlers()
         try:
             while self.epoch < cfg["epochs"]:
                 train = self.train_epoch(max_iters)
-                if self.batch_in_epoch < self.iters_per_epoch:  # stopped by max_iters
+                for key in totals:
+                    totals[key] += train[key]
+                if self.batch_in_epoch < self.iters_per_epoch:  # a budget stop mid-epoch
                     self.save("last.pt")
                     log.info(
-                        "stopped after %d iterations (--max-iters); resume with --resume",
+                        "stopped after %d iterations (%s); resume with --resume",
                         self.iteration,
+                        self._budget_reason(max_iters),
                     )
                     break
                 self.epoch += 1
@@ -1007,6 +1040,10 @@ class Trainer:
                 self._stop_if_requested(saved=True)
                 if max_iters is not None and self.iteration >= max_iters:
                     break
+                if self._out_of_time():
+                    log.info("stopped after %d iterations (--max-minutes)", self.iteration)
+                    break
+            self._report_throughput(totals, time.perf_counter() - started)
         except Interrupted as e:
             log.warning("%s; continue with --resume", e)
             raise
@@ -1035,6 +1072,47 @@ class Trainer:
                 self.viz.close()
             self.close()
         return summary
+
+    # ---- budgets and throughput ---------------------------------------------------------
+    def _out_of_time(self) -> bool:
+        """True once --max-minutes of training have passed. Under DDP the ranks agree (one
+        tiny all-reduce per step), so they all stop after the same iteration."""
+        if self._deadline is None:
+            return False
+        late = time.perf_counter() >= self._deadline
+        if dist_utils.is_distributed():
+            flag = torch.tensor([1.0 if late else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            late = bool(flag.item())
+        return late
+
+    def _budget_reason(self, max_iters: int | None) -> str:
+        if max_iters is not None and self.iteration >= max_iters:
+            return f"--max-iters {max_iters}"
+        return f"--max-minutes {self.cfg.get('max_minutes'):g}"
+
+    def _report_throughput(self, totals: dict, wall_s: float) -> None:
+        """One line and one ``throughput`` record in metrics.jsonl for this fit(): samples/s
+        in the training loop, overall (validation and checkpoints included) and the share of
+        the loop spent waiting for data."""
+        if not self.main or totals["samples"] == 0:
+            return
+        figures = {
+            "samples_per_s": totals["samples"] / max(totals["seconds"], 1e-9),
+            "samples_per_s_overall": totals["samples"] / max(wall_s, 1e-9),
+            "data_wait_fraction": min(1.0, totals["data_wait_s"] / max(totals["seconds"], 1e-9)),
+        }
+        log.info(
+            "trained %d samples in %.0f s: %.1f samples/s in the training loop, %.1f overall "
+            "(validation and checkpoints included), %.1f%% of the loop waiting for data",
+            totals["samples"],
+            wall_s,
+            figures["samples_per_s"],
+            figures["samples_per_s_overall"],
+            100 * figures["data_wait_fraction"],
+        )
+        if self.viz is not None:
+            self.viz.scalars(self.iteration, figures, "throughput")
 
     # ---- stopping on signals ------------------------------------------------------------
     def _install_stop_handlers(self) -> dict:
@@ -1126,7 +1204,8 @@ class Trainer:
                 f"loss {train.get('total', float('nan')):.4f} | "
                 f"val SAD {summary['sad']:.3f} MSE {summary['mse']:.4f} "
                 f"Grad {summary['grad']:.3f} Conn {summary['conn']:.3f} (/1000 units) | "
-                f"{train['samples_per_s']:.1f} samples/s"
+                f"{train['samples_per_s']:.1f} samples/s, "
+                f"{100 * train['data_wait_fraction']:.1f}% waiting for data"
                 + (f" | real SAD {real['sad']:.3f}" if real else "")
                 + (" | best" if improved else "")
             )

@@ -1,7 +1,8 @@
 """Run the benchmark suite and print one table: ``python -m benchmarks``.
 
     python -m benchmarks [--quick] [--json PATH] [--only data,metrics,train,infer,export]
-        [--workers N] [--device auto|cpu|cuda] [--peak-tflops T] [--note TEXT]
+        [--workers N] [--device auto|cpu|cuda] [--stages 1,3] [--peak-tflops T] [--note TEXT]
+    python -m benchmarks --gpu-check [--dry-run] [--json PATH] ...   (benchmarks/gpu_check.py)
 
 Runs, in this order, each module's ``run(quick=...) -> dict``:
 
@@ -22,6 +23,11 @@ elsewhere the table says they are pending.
 checking that everything runs and the JSON has its shape, not for the speed.
 ``--workers`` sets the DataLoader workers of the data and end-to-end training rows
 (default: min(16, cores) with CUDA, else 2 -- train_encoder_decoder.py's default).
+``--stages`` the training stages timed (default 1,3).
+
+``--gpu-check`` is the one command for a short GPU loan (GPU tests, these benchmarks on CUDA,
+a timed training run; see benchmarks/gpu_check.py); ``--gpu-check --dry-run`` runs its CPU
+twin in a few minutes.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ def bench_kwargs(name: str, args: argparse.Namespace, results: dict[str, dict]) 
             device=None if args.device == "auto" else args.device,
             workers=args.workers,
             peak_tflops=args.peak_tflops,
+            stages=args.stages,
         )
         data = results.get("data")
         if data and "error" not in data:
@@ -292,6 +299,16 @@ def train_rows(res: dict) -> list[list[str]]:
                     verdict("fraction_of_peak_stage1"),
                 ]
             )
+        elif not res.get("peak_bf16_tflops"):  # never a guessed peak: say what is missing
+            out.append(
+                [
+                    "train share of dense bf16 peak",
+                    f"pending: dense bf16 peak of {res.get('device_name')} unknown "
+                    "(--peak-tflops T)",
+                    f">= {100 * bench_train.TARGET_MFU:.0f}%",
+                    "pending",
+                ]
+            )
     e2e = res.get("end_to_end")
     if e2e and "samples_per_s" in e2e:
         out.append(
@@ -396,8 +413,21 @@ def build_table(results: dict[str, dict], cuda: bool) -> list[list[str]]:
 
 
 # --- main ------------------------------------------------------------------------------------
+def parse_stages(text: str) -> tuple[int, ...]:
+    """``--stages``: "1", "3" or "1,3"."""
+    try:
+        stages = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        stages = ()
+    if not stages or set(stages) - {1, 3}:
+        raise argparse.ArgumentTypeError(f"takes 1 and/or 3 (e.g. 1,3), got {text!r}")
+    return stages
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    from benchmarks import gpu_check
+
+    p = common.OneLineParser(
         prog="python -m benchmarks",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -415,7 +445,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (TFLOP/s)"
     )
     p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. the load)")
+    p.add_argument(
+        "--stages", type=parse_stages, default=(1, 3), help="training stages timed (1 and/or 3)"
+    )
+    gpu_check.add_arguments(p)
     args = p.parse_args(argv)
+    if args.gpu_check or args.dry_run:
+        gpu_check.check_arguments(p, args, argv if argv is not None else sys.argv[1:])
+        return args
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in BENCHES]
     if unknown or not only:
@@ -430,6 +467,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.gpu_check:
+        from benchmarks import gpu_check
+
+        return gpu_check.run_check(args)
     import torch
 
     machine = common.machine_info()
@@ -467,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 "workers": args.workers,
                 "device": args.device,
                 "peak_tflops": args.peak_tflops,
+                "stages": list(args.stages),
             },
             "machine": machine,
             "seconds": {**seconds, "total": total},

@@ -105,6 +105,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("L40S", 362.1),
     ("L40", 181.0),
     ("L4", 121.0),
+    ("RTX 4090", 165.2),  # GeForce: bf16 with fp32 accumulation (what autocast uses)
 )
 
 

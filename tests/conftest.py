@@ -18,6 +18,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 ALPHAMATTING_DEV = ROOT.parent / "shared" / "data" / "alphamatting_lowres_dev"
 
 
+# Set by the GPU check (python -m benchmarks --gpu-check): there a CUDA test that cannot run is
+# a failure, not a skip, so a machine without a working GPU cannot pass the check.
+REQUIRE_CUDA_ENV = "DIM_REQUIRE_CUDA"
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``cuda`` skip without a CUDA device, or fail when DIM_REQUIRE_CUDA=1."""
+    if item.get_closest_marker("cuda") is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if os.environ.get(REQUIRE_CUDA_ENV) == "1":
+        pytest.fail(f"no CUDA device visible, and {REQUIRE_CUDA_ENV}=1 requires one")
+    pytest.skip(f"no CUDA device (with {REQUIRE_CUDA_ENV}=1 this is a failure)")
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     import numpy as np

@@ -77,11 +77,20 @@ def test_flop_counter_counts_forward_and_backward_alike_for_both_models():
         ("NVIDIA A100-SXM4-80GB", 312.0),
         ("NVIDIA L40S", 362.1),
         ("NVIDIA L4", 121.0),
+        ("NVIDIA GeForce RTX 4090", 165.2),
         ("Some Future GPU", None),
     ],
 )
 def test_peak_bf16_lookup(name, expected):
     assert bench_train.peak_bf16_tflops(name) == expected
+
+
+def test_unknown_gpu_peak_is_a_pending_row_never_a_guess():
+    res = {"device": "cuda", "device_name": "Some Future GPU", "size": 320, "rows": []}
+    res.update(default_variant="bf16_cl", flops_per_sample={}, peak_bf16_tflops=None)
+    rows = suite.train_rows(res)
+    assert any("dense bf16 peak" in r[0] and r[-1] == "pending" for r in rows), rows
+    assert any("--peak-tflops" in r[1] for r in rows)
 
 
 def test_run_one_turns_failures_into_error_rows(tmp_path, monkeypatch):

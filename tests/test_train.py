@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import socket
@@ -312,6 +313,40 @@ def test_real_photo_scores_are_logged_not_used_for_best(tiny_root, tmp_path):
     assert '"group": "real"' in metrics
 
 
+class _SlowLoader:
+    """Three batches, each 30 ms in coming: a loader the model outruns."""
+
+    def __iter__(self):
+        for i in range(3):
+            time.sleep(0.03)
+            yield i
+
+
+def test_time_blocked_on_the_loader_is_measured():
+    waits: list[float] = []
+    assert list(tr.loader_batches(_SlowLoader(), waits)) == [0, 1, 2]
+    assert len(waits) == 3 and all(0.025 <= w < 1.0 for w in waits), waits
+
+
+def test_max_minutes_stops_cleanly_and_reports_throughput(tiny_root, tmp_path, caplog):
+    """--max-minutes: the run stops after the step during which the budget ran out, writes
+    last.pt (resumable) and reports samples/s and the share of time waiting for data."""
+    runs = tmp_path / "runs"
+    caplog.set_level("INFO", logger="train")
+    # 0.6 ms: out of time after the first step, long before the 3 epochs of 2 iterations
+    assert tr.main(argv(tiny_root, runs, 1, "--epochs", "3", "--max-minutes", "0.00001")) == 0
+    ck = load_checkpoint(runs / "dim" / "stage1" / "last.pt")
+    assert ck["iteration"] == 1 and ck["batch_in_epoch"] == 1 and {"optimizer", "rng"} <= set(ck)
+    assert "stopped after 1 iterations (--max-minutes 1e-05)" in caplog.text
+    assert "samples/s in the training loop" in caplog.text
+    records = (runs / "dim" / "stage1" / "metrics.jsonl").read_text().splitlines()
+    throughput = [r for r in map(json.loads, records) if r["group"] == "throughput"]
+    assert len(throughput) == 1 and throughput[0]["step"] == 1
+    figures = throughput[0]["values"]
+    assert figures["samples_per_s"] > 0 and figures["samples_per_s_overall"] > 0
+    assert 0 <= figures["data_wait_fraction"] <= 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -415,6 +450,7 @@ def test_bad_photo_dir_is_a_clean_error(tmp_path, caplog):
         ("--warmup-iters", "-5", ">= 0"),
         ("--grad-clip", "-0.1", ">= 0"),
         ("--threads", "two", "an integer"),
+        ("--max-minutes", "0", "> 0"),
     ],
 )
 def test_bad_numeric_flags_are_refused_in_one_line(flag, value, says, capsys):
