@@ -100,7 +100,7 @@ def photo(tmp_path_factory) -> tuple[Path, np.ndarray, str, float]:
 
     image = min(sorted((root / "test" / "merged").glob("*.png")), key=soft_share)
     gt = cv2.imread(str(root / "test" / "alpha_copy" / image.name), 0)
-    return image, gt.astype(np.float32) / 255.0, f"synthetic test image {image.name}", 0.9
+    return image, gt.astype(np.float32) / 255.0, f"synthetic test image {image.name}", 1.0
 
 
 def outline(alpha: np.ndarray) -> np.ndarray:
@@ -186,6 +186,7 @@ def test_paint_matte_and_download_offline(browser, server, photo, tmp_path):
     sad = np.abs(a - gt)[unknown].sum()
     baseline = np.abs(0.5 - gt)[unknown].sum()
     assert sad < ratio * baseline, f"{what}: SAD {sad:.0f} vs trimap-only {baseline:.0f}"
+    assert np.abs(a - 0.5)[unknown].mean() > 0.2, "the unknown band was matted, not left grey"
 
 
 def test_bad_files_get_a_message_on_the_page(browser, server, tmp_path):
