@@ -241,3 +241,20 @@ def test_recipe_table_and_curves(tmp_path):
     assert curves["training loss"]["stage 2"] == [(30, 0.15)], "stage 2 starts at stage 1's best"
     assert curves["real-photo SAD"]["stage 2"] == [(30, 10.0)]
     assert set(br.RECIPES) == {"main", "long"} and all(r for r in br.RECIPES.values())
+
+
+def test_compare_commits_reads_steady_time_and_refuses_bad_input(tmp_path, capsys):
+    from benchmarks import compare_commits as cc
+
+    run = tmp_path / "stage1"
+    run.mkdir()
+    records = [{"group": "loss", "step": s, "time": 100.0 + (5.0 if s == 1 else 0) + 2.0 * s}
+               for s in range(1, 7)] + [{"group": "speed", "step": 6, "time": 200.0}]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert cc.seconds_per_iteration(run) == pytest.approx(2.0)  # the slow first step left out
+    assert cc.main(["--base", "no-such-revision-xyz", "--iters", "3", "--rounds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-revision-xyz" in err[0], err
+    with pytest.raises(SystemExit) as e:
+        cc.main(["--base", "HEAD", "--rounds", "0"])
+    assert e.value.code == 2
