@@ -136,3 +136,23 @@ def test_matte_button_full_resolution_from_preview_strokes(tmp_path):
     unknown = ~known
     err = np.abs(r["alpha"][unknown] / 255.0 - truth[unknown]).mean()
     assert err < 0.2, err
+
+
+def test_matte_with_a_dim_checkpoint_names_it(tmp_path):
+    """With a checkpoint the page mattes through the shared inference code (padding to a
+    multiple of 32 for an odd size) and says which model made the result."""
+    from tests.helpers import random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / "stage2.pt", stage=2)
+    matter = demo.Matter()
+    assert "Deep Image Matting" in matter.use_checkpoint(str(ckpt))
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    layer = np.zeros((70, 90, 4), np.uint8)
+    layer[20:50, 25:65] = (*demo.BRUSHES["object"], 255)
+    r = matter.matte(image, [layer], (70, 90), "4", None, "#00ff00")
+    assert "Deep Image Matting" in r["method"] and "stage 2" in r["method"]
+    assert r["alpha"].shape == (70, 90)
+    known = r["trimap"] != 128
+    assert (r["alpha"][known] == r["trimap"][known]).all()
+    assert (~known).sum() > 0
