@@ -165,6 +165,7 @@ def _run(args) -> int:
         args.trimap_set,
         args.limit,
         args.scale,
+        max_pixels=args.max_pixels,
     )
 
     state, ckpt = None, None

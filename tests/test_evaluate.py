@@ -17,7 +17,7 @@ import torch
 
 import evaluate
 from data.testsets import open_testset
-from tests.helpers import random_checkpoint
+from tests.helpers import png_header_only, random_checkpoint
 from utils.image_io import read_alpha
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,3 +142,18 @@ def test_clear_errors(checkpoint, tmp_path, capsys):
     assert "go together" in err(["--method", "trimap-only", "--images", str(tmp_path)])
     assert "drop --checkpoint" in err(["--pred-dir", str(tmp_path), "--checkpoint", "x.pt"])
     assert "no images" in err(["--pred-dir", str(tmp_path)])
+
+
+def test_huge_declared_test_image_is_refused_from_its_header(tmp_path, capsys):
+    """--max-pixels applies to every test image, read from the headers before any decoding."""
+    for sub in ("images", "trimaps", "alphas"):
+        (tmp_path / sub).mkdir()
+    for sub in ("images", "trimaps", "alphas"):
+        png_header_only(tmp_path / sub / "huge.png", 30000, 30000)
+    args = ["--method", "trimap-only", "--images", str(tmp_path / "images"), "--trimaps",
+            str(tmp_path / "trimaps"), "--alphas", str(tmp_path / "alphas")]  # fmt: skip
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "huge.png" in err[0] and "--max-pixels" in err[0], err
+    assert evaluate.main([*args, "--max-pixels", str(30000 * 30000)]) == 2  # raised: it decodes
+    assert "--max-pixels" not in capsys.readouterr().err

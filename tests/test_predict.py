@@ -15,7 +15,7 @@ import torch
 import predict
 from data import compose
 from data.testsets import open_testset
-from tests.helpers import random_checkpoint
+from tests.helpers import png_header_only, random_checkpoint
 from utils import matting
 from utils.image_io import read_gray, read_rgb, write_png
 
@@ -288,23 +288,11 @@ def test_cli_mask_and_closed_form_without_checkpoint(inputs, tmp_path):
     assert predict.main([*argv, "--checkpoint", "x.pt"]) == 2
 
 
-def _png_header_only(path: Path, w: int, h: int) -> None:
-    """A PNG signature + IHDR declaring w x h, and nothing else: what a hostile upload or a
-    corrupt file can look like (a real 30000x30000 PNG of zeros is only ~1 MB)."""
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-                     + struct.pack(">I", zlib.crc32(chunk)))  # fmt: skip
-
-
 def test_huge_declared_image_is_refused_from_the_header(tmp_path, capsys):
     import time
     import tracemalloc
 
-    _png_header_only(tmp_path / "huge.png", 30000, 30000)
+    png_header_only(tmp_path / "huge.png", 30000, 30000)
     write_png(tmp_path / "tri.png", np.zeros((8, 8), np.uint8))
     tracemalloc.start()
     t0 = time.perf_counter()

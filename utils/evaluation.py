@@ -232,6 +232,7 @@ def load_examples(
     trimap_set: str = "Trimap1",
     limit: int | None = None,
     scale: float = 1.0,
+    max_pixels: int | None = None,
 ):
     """The examples to evaluate (a lazy ``data.testsets.ExampleSet``) and a short set name.
 
@@ -240,6 +241,8 @@ def load_examples(
     Composition-1k, alphamatting.com or images/trimaps/alphas layout (recognised by
     ``data.testsets.open_testset``; ``trimap_set`` picks alphamatting.com's Trimap1/2).
     ``limit`` keeps the first N images; ``scale`` != 1 resizes them (see :class:`Rescaled`).
+    ``max_pixels``: every image's header is read first and one that declares more pixels is
+    refused (``ImageReadError`` naming the file and ``--max-pixels``) before anything is decoded.
     """
     from data import testsets
 
@@ -258,6 +261,11 @@ def load_examples(
                 name += f"-{trimap_set}"
     if limit:
         examples = examples[:limit]  # lazy: nothing is read until iterated
+    if max_pixels:
+        from utils.image_io import check_pixels
+
+        for files in examples.files:
+            check_pixels(files.image, max_pixels)
     if scale != 1.0:
         examples = Rescaled(examples, scale)
         name += f"-x{scale:g}"
