@@ -380,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.preview_side < 64:
         print("demo.py: error: --preview-side must be >= 64", file=sys.stderr)
         return 2
+    if not 1 <= args.port <= 65535:
+        print(f"demo.py: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
+        return 2
     try:
         device = pick_device(args.device)
         check_amp(args.amp, device)

@@ -156,3 +156,14 @@ def test_matte_with_a_dim_checkpoint_names_it(tmp_path):
     known = r["trimap"] != 128
     assert (r["alpha"][known] == r["trimap"][known]).all()
     assert (~known).sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [(["--port", "0"], "--port"), (["--preview-side", "10"], "--preview-side"),
+     (["--checkpoint", "nowhere.pt"], "nowhere.pt")],
+)  # fmt: skip
+def test_bad_command_lines_are_one_line_errors(argv, says, capsys):
+    assert demo.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
