@@ -52,6 +52,7 @@ from utils.onnx_inference import (
     OnnxModelError,
     load_onnx_model,
 )
+from utils.tiling import add_checkpoint_args
 
 OPSET = 17
 TRACE_SIZE = (64, 96)  # (H, W) of the example input the exporter traces
@@ -195,14 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict.py --onnx, or onnxruntime directly).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--checkpoint",
-        help="a .pt file or a run folder (runs/<name>: highest stage's best.pt); "
-        "default: the only run under runs/",
-    )
-    p.add_argument(
-        "--stage", type=int, choices=(1, 2, 3), help="refuse a checkpoint of another stage"
-    )
+    add_checkpoint_args(p)
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
     p.add_argument(

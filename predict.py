@@ -65,7 +65,7 @@ from utils.image_io import (
 )
 from utils.matting import matte
 from utils.onnx_inference import OnnxModelError
-from utils.tiling import add_inference_args
+from utils.tiling import add_checkpoint_args, add_inference_args
 
 log = logging.getLogger("predict")
 
@@ -222,18 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
         "RGBA cut-out and an optional composite on a new background.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--checkpoint",
-        help="a .pt file or a run folder (runs/<name>: highest stage's best.pt); "
-        "default: the only run under runs/",
-    )
+    add_checkpoint_args(p)
     p.add_argument(
         "--onnx",
         help="run this ONNX export (export.py) on onnxruntime instead of a checkpoint: no "
         "PyTorch needed; CPU, float32",
-    )
-    p.add_argument(
-        "--stage", type=int, choices=(1, 2, 3), help="refuse a checkpoint of another stage"
     )
     p.add_argument(
         "--method",

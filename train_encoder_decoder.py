@@ -453,7 +453,8 @@ class Interrupted(Exception):
 # interrupt, requeue and elastic-restart tests are reproducible instead of timing-dependent.
 FAULT_ENV = "DIM_FAULT_INJECT"
 
-# Settings that define the network: resuming under others cannot continue the same model.
+# Settings that define the network (the model is built from exactly these, plus the stage's
+# refine head): resuming under others cannot continue the same model.
 MODEL_KEYS = ("fc6", "upsample", "skip", "refine_add")
 # Settings a resume may change without comment: where things are, how fast, how verbose.
 RESUME_FREE_KEYS = frozenset(
@@ -580,13 +581,7 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        model = DIM(
-            fc6=cfg["fc6"],
-            upsample=cfg["upsample"],
-            skip=cfg["skip"],
-            refine=self.spec.refine_head,
-            refine_add=cfg["refine_add"],
-        )
+        model = DIM(refine=self.spec.refine_head, **{k: cfg[k] for k in MODEL_KEYS})
         self.init_message = self._initialise(model)
         # Frozen parts are truly frozen: no gradients, BN statistics fixed (eval mode in
         # train_mode()), and absent from the optimiser.

@@ -16,7 +16,6 @@ after a small warm-up. Both use the same number of threads (torch's). The alphas
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
+
+from benchmarks import common
 
 FULL_SIZE = (800, 600)  # (width, height): bench_infer.py's first row
 QUICK_SIZE = (256, 192)
@@ -113,21 +114,16 @@ def format_result(r: dict) -> str:
     )
 
 
-def _size(s: str) -> tuple[int, int]:
-    w, h = s.lower().split("x")
-    return int(w), int(h)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a 256x192 image (< 30 s)")
-    p.add_argument("--size", type=_size, help="WxH of the image (default 800x600)")
+    p.add_argument("--size", type=common.parse_size, help="WxH of the image (default 800x600)")
     p.add_argument("--json", help="write the results to this JSON file")
     args = p.parse_args(argv)
     result = run(args.quick, args.size)
     print(format_result(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        common.write_json(args.json, result)
     return 0
 
 

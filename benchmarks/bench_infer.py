@@ -37,6 +37,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
+from benchmarks import common
 from benchmarks.common import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,11 +251,6 @@ def _format_row(r: dict) -> str:
     return f"{head} {r['ms_per_mpx']:9.0f} ms/Mpx {r['seconds']:7.1f} s{est}  {mem}  {win}"
 
 
-def _size(s: str) -> tuple[int, int]:
-    w, h = s.lower().split("x")
-    return int(w), int(h)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="800x600 whole + small tiled (< 60 s)")
@@ -268,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast for the CUDA rows")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--size", type=_size, help=argparse.SUPPRESS)
+    p.add_argument("--size", type=common.parse_size, help=argparse.SUPPRESS)
     p.add_argument("--windows", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -286,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n".join(_format_row(r) for r in result["rows"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        common.write_json(args.json, result)
     return 0
 
 

@@ -10,6 +10,7 @@ Nothing here imports project code, so any ``benchmarks/bench_*.py`` can use it.
     markdown_table(head, rows) a GitHub-flavoured Markdown table as one string
     verdict(ok)               "met" / "NOT met" / "-" for a target
     OneLineParser             argparse parser whose usage errors are one line (exit status 2)
+    parse_size(text)          "WxH" -> (W, H), for --size flags
 """
 
 from __future__ import annotations
@@ -274,3 +275,12 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"800x600"`` -> (800, 600): (width, height) for ``--size`` flags."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 800x600, got {text!r}") from None
+    return w, h

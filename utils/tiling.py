@@ -224,6 +224,19 @@ def infer_padded(
 
 
 # --- command line ----------------------------------------------------------------------------
+def add_checkpoint_args(parser) -> None:
+    """``--checkpoint`` and ``--stage`` as predict.py and export.py take them (resolved by
+    ``utils.inference.load_model_for_inference``)."""
+    parser.add_argument(
+        "--checkpoint",
+        help="a .pt file or a run folder (runs/<name>: highest stage's best.pt); "
+        "default: the only run under runs/",
+    )
+    parser.add_argument(
+        "--stage", type=int, choices=(1, 2, 3), help="refuse a checkpoint of another stage"
+    )
+
+
 def add_inference_args(parser) -> None:
     """Add the inference flags every CLI shares (evaluate.py, predict.py): device, AMP, tiles."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
