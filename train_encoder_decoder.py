@@ -138,6 +138,19 @@ def number(kind: type, low: float, *, strict: bool = False):
     return parse
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated positive integers, e.g. ``64,96,128``."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be >= 1, got {text!r}")
+    return values
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line naming the flag (exit status 2), not the whole usage block."""
 
@@ -188,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--crop-size", type=number(int, 32), default=None, help="training crop side (preset)"
+    )
+    g.add_argument(
+        "--cut-sizes",
+        type=int_list,
+        default=None,
+        help="sides of the windows cut around an unknown pixel before they are resized to "
+        "--crop-size, e.g. 64,96,128 (preset; default: crop, 1.5x crop, 2x crop as the paper)",
     )
     g.add_argument(
         "--photo-dir",
@@ -339,6 +359,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
     w_alpha, w_comp = STAGES[args.stage].weights
     cfg["w_alpha"] = w_alpha if cfg["w_alpha"] is None else cfg["w_alpha"]
     cfg["w_comp"] = w_comp if cfg["w_comp"] is None else cfg["w_comp"]
+    if cfg["cut_sizes"] is not None:
+        cfg["cut_sizes"] = list(cfg["cut_sizes"])  # plain list: stored in checkpoints
     if cfg["crop_size"] % 32:
         raise TrainerError(f"--crop-size {cfg['crop_size']} must be a multiple of 32")
     if cfg["w_alpha"] < 0 or cfg["w_comp"] < 0 or cfg["w_alpha"] + cfg["w_comp"] == 0:
@@ -537,6 +559,7 @@ class Trainer:
             val_dir=cfg["val_dir"],
             seed=cfg["seed"],
             crop_size=cfg["crop_size"],
+            cut_sizes=cfg["cut_sizes"],
             cache_dir=cfg["cache_dir"],
             cache_backgrounds=not cfg["no_bg_cache"],
             progress=self.main,

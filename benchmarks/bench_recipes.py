@@ -23,6 +23,7 @@ Baselines do not depend on the recipe: they are computed once per test set and k
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -104,16 +105,31 @@ def score_checkpoint(path: Path, sets: list[tuple[str, Any]]) -> dict[str, dict]
     return out
 
 
+def fingerprint(examples) -> str:
+    """Digest of a test set's names, trimaps and alphas: the baseline cache's key, so a set
+    that changed (a new built-in set version, another trimap folder) is scored again."""
+    h = hashlib.sha1()
+    for ex in examples:
+        h.update(ex.name.encode())
+        h.update(np.ascontiguousarray(ex.trimap).tobytes())
+        h.update(np.ascontiguousarray(ex.alpha).tobytes())
+    return h.hexdigest()[:16]
+
+
 def baselines(sets: list[tuple[str, Any]], cache: Path) -> dict[str, dict[str, dict]]:
-    """{method: {set label: means}} for trimap-only and closed-form, cached in ``cache``."""
+    """{method: {set label: means}} for trimap-only and closed-form, cached in ``cache`` under
+    each set's :func:`fingerprint`."""
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    for method, predict in (("trimap-only", trimap_only), ("closed-form", closed_form)):
-        for label, examples in sets:
-            if label not in known.get(method, {}):
+    out: dict[str, dict[str, dict]] = {}
+    for label, examples in sets:
+        key = f"{label} {fingerprint(examples)}"
+        for method, predict in (("trimap-only", trimap_only), ("closed-form", closed_form)):
+            if key not in known.get(method, {}):
                 _, summary = score(examples, predict, progress=True, desc=method)
-                known.setdefault(method, {})[label] = {k: summary[k] for k in ("n", *METRICS)}
+                known.setdefault(method, {})[key] = {k: summary[k] for k in ("n", *METRICS)}
                 common.write_json(cache, known)
-    return known
+            out.setdefault(method, {})[label] = known[method][key]
+    return out
 
 
 def table(rows: list[tuple[str, str, dict]], set_labels: list[str]) -> str:

@@ -451,6 +451,8 @@ def test_bad_photo_dir_is_a_clean_error(tmp_path, caplog):
         ("--grad-clip", "-0.1", ">= 0"),
         ("--threads", "two", "an integer"),
         ("--max-minutes", "0", "> 0"),
+        ("--cut-sizes", "64,x", "comma-separated integers"),
+        ("--cut-sizes", "0,96", ">= 1"),
     ],
 )
 def test_bad_numeric_flags_are_refused_in_one_line(flag, value, says, capsys):
@@ -518,3 +520,12 @@ def test_data_failing_mid_run_saves_last_pt_and_resumes(workers, tmp_path):
         p.write_bytes(data)
     assert tr.main([*args, "--resume", "auto"]) == 0
     assert load_checkpoint(runs / "dim" / "stage1" / "last.pt")["iteration"] == 4
+
+
+def test_cut_sizes_reach_the_dataset_and_the_checkpoint(tiny_root, tmp_path):
+    runs = tmp_path / "runs"
+    t = make_trainer(argv(tiny_root, runs, 1, "--cut-sizes", "32,64"))
+    assert t.train_set.cut_sizes == (32, 64)
+    assert t.cfg["cut_sizes"] == [32, 64]
+    default = make_trainer(argv(tiny_root, tmp_path / "runs2", 1))
+    assert default.train_set.cut_sizes == (64, 96, 128)  # crop, 1.5x, 2x for crop 64
