@@ -65,7 +65,7 @@ import numpy as np
 
 from data.compose import band_kernel, composite, fit_background, morph_trimap
 
-VERSION = 1
+VERSION = 2
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKER = "COMPLETE"
 META_NAME = "DIM built-in synthetic matting set"
@@ -197,15 +197,24 @@ def _read_photo(path: str | os.PathLike) -> np.ndarray:
 
 
 def photo_crop(rng: np.random.Generator, photo: np.ndarray, h: int, w: int, palette: np.ndarray):
-    """A random view of ``photo`` as float32 (h, w, 3) 0-255: a crop of 35-100 % of the
-    photo's side with the target aspect, flipped at random, resized to (h, w); a grey photo
-    is coloured by a gradient map through two ``palette`` colours; colour gains, a
-    saturation change and sometimes a defocus blur (backgrounds behind a subject are often
-    out of focus) make many backgrounds out of one photo."""
+    """A random view of ``photo`` as float32 (h, w, 3) 0-255, at about the photo's own scale
+    (resized by 0.7-1.4x; mirrored at its borders when it is smaller than the view), flipped
+    at random; a grey photo is coloured by a gradient map through two ``palette`` colours;
+    colour gains, a saturation change and sometimes a mild defocus blur make many backgrounds
+    out of one photo.
+
+    The scale matters: real backgrounds behind a subject keep their full-resolution texture
+    (grass, leaves, fabric). Views enlarged 2-3x from small photos are smooth, and a network
+    trained on them learns that any fine texture inside the unknown band is foreground."""
     ph, pw = photo.shape[:2]
-    scale = rng.uniform(0.35, 1.0)
-    ch = min(ph, max(8, round(scale * min(ph, pw * h / w))))
-    cw = min(pw, max(8, round(ch * w / h)))
+    f = rng.uniform(0.7, 1.4)  # output px per photo px
+    ch, cw = max(8, round(h / f)), max(8, round(w / f))
+    if ch > ph or cw > pw:  # mirror the photo outwards: texture at its own frequency, no blur
+        py, px = max(0, ch - ph), max(0, cw - pw)
+        photo = cv2.copyMakeBorder(
+            photo, py // 2, py - py // 2, px // 2, px - px // 2, cv2.BORDER_REFLECT_101
+        )
+        ph, pw = photo.shape[:2]
     y0, x0 = int(rng.integers(ph - ch + 1)), int(rng.integers(pw - cw + 1))
     crop = photo[y0 : y0 + ch, x0 : x0 + cw]
     if rng.random() < 0.5:
@@ -220,8 +229,8 @@ def photo_crop(rng: np.random.Generator, photo: np.ndarray, h: int, w: int, pale
         grey = img.mean(axis=2, keepdims=True)
         img = grey + rng.uniform(0.6, 1.3) * (img - grey)
         img *= rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    if rng.random() < 0.5:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 6.0))
+    if rng.random() < 0.25:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 3.0))
     return np.clip(img, 0, 255)
 
 
