@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         tile=args.tile,
         overlap=args.overlap,
         max_side=args.max_side or None,
+        scale=args.infer_scale,
     )
     app, out_dir = build_app(matter)
     print(f"matting with {matter.label}; open http://{args.host}:{args.port} (Ctrl-C stops)")

@@ -192,6 +192,7 @@ def _run(args) -> int:
             tile=args.tile,
             overlap=args.overlap,
             max_side=max_side,
+            scale=args.infer_scale,
         )
         meta.update(
             checkpoint=str(ckpt),
@@ -202,6 +203,7 @@ def _run(args) -> int:
             tile=args.tile,
             overlap=args.overlap,
             max_side=max_side,
+            infer_scale=model.infer_scale if args.infer_scale is None else args.infer_scale,
         )
         log.info("checkpoint %s (stage %s) on %s", ckpt, state.get("stage"), device)
 

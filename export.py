@@ -92,13 +92,16 @@ def elementwise_unpool(model: nn.Module) -> Iterator[nn.Module]:
             m.elementwise = flag
 
 
-def onnx_metadata(model_config: dict, stage: int | None, source: str | os.PathLike) -> dict:
+def onnx_metadata(
+    model_config: dict, stage: int | None, source: str | os.PathLike, infer_scale: float = 1.0
+) -> dict:
     """The metadata_props of an export: how utils/onnx_inference.py recognises our files."""
     return {
         "repository": REPOSITORY,
         "format": FORMAT,
         "model_config": json.dumps(model_config, sort_keys=True),
         "stage": "" if stage is None else str(stage),
+        "infer_scale": repr(float(infer_scale)),
         "source_checkpoint": str(source),
         "torch": torch.__version__,
         "input": f"{INPUT}: (N, 4, H, W) float32, H and W multiples of 32, data/layout.make_data "
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.is_dir():
             raise ExportError(f"--out {out} is a folder: give a file name such as {out}/model.onnx")
         model, state, ckpt = load_model_for_inference(args.checkpoint, "cpu", stage=args.stage)
-        meta = onnx_metadata(model.config, state.get("stage"), ckpt)
+        meta = onnx_metadata(model.config, state.get("stage"), ckpt, model.infer_scale)
         diff = export_onnx(model, out, meta, args.opset, args.tolerance)
     except (CheckpointError, ExportError, OnnxModelError) as e:
         print(f"export.py: error: {e}", file=sys.stderr)

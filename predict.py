@@ -297,7 +297,12 @@ def _run(args) -> int:
     else:
         jobs = pair_inputs(args.image, args.trimap)
     background = read_rgb(args.background) if args.background else None
-    kwargs: dict = dict(tile=args.tile, overlap=args.overlap, max_side=args.max_side or None)
+    kwargs: dict = dict(
+        tile=args.tile,
+        overlap=args.overlap,
+        max_side=args.max_side or None,
+        scale=args.infer_scale,
+    )
     if args.onnx is not None:
         from utils.onnx_inference import load_onnx_model
 

@@ -58,6 +58,7 @@ from utils.determinism import capture_rng_state, restore_rng_state, seed_everyth
 from utils.device import check_amp, describe_amp, pick_device
 from utils.evaluation import evaluate_model
 from utils.image_io import ImageReadError
+from utils.tiling import scale_arg
 from utils.visualization import Visualizer
 
 log = logging.getLogger("train")
@@ -75,6 +76,7 @@ PRESETS = {
         scheduler="cosine",
         warmup_iters=20,
         skip="add",
+        infer_scale=0.5,
     ),
     "adobe": dict(
         crop_size=320,
@@ -85,6 +87,7 @@ PRESETS = {
         scheduler="constant",
         warmup_iters=0,
         skip="none",
+        infer_scale=1.0,
     ),
 }
 
@@ -201,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--crop-size", type=number(int, 32), default=None, help="training crop side (preset)"
+    )
+    g.add_argument(
+        "--infer-scale",
+        type=scale_arg,
+        default=None,
+        help="the image scale in (0, 1] the model runs at in validation and, stored in its "
+        "checkpoints, in evaluate.py/predict.py/demo.py (preset; 1 = full resolution)",
     )
     g.add_argument(
         "--cut-sizes",
@@ -615,6 +625,7 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         if dist_utils.is_distributed() and cfg["sync_bn"]:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.infer_scale = cfg["infer_scale"]  # validation runs as inference will
         self.model = model  # the plain module: what checkpoints store
         net = model
         if dist_utils.is_distributed():

@@ -19,7 +19,7 @@ import predict
 from data import layout
 from models.py_encoder_decoder import DIM
 from utils.checkpoint import save_checkpoint
-from utils.image_io import read_gray, write_png
+from utils.image_io import read_gray, read_rgb, write_png
 from utils.inference import load_model_for_inference, predict_alpha
 from utils.onnx_inference import OnnxModelError, load_onnx_model
 
@@ -242,3 +242,21 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "nope.pt" in err
     assert export.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_export_carries_the_inference_scale_and_onnx_uses_it(tmp_path, inputs):
+    model = sharp_model(refine=False)
+    state = {"model": model.state_dict(), "model_config": model.config, "stage": 1}
+    ckpt = save_checkpoint(tmp_path / "half.pt", {**state, "config": {"infer_scale": 0.5}})
+    out = tmp_path / "half.onnx"
+    cmd = [sys.executable, "export.py", "--checkpoint", str(ckpt), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    onnx_model = load_onnx_model(out)
+    assert onnx_model.infer_scale == 0.5
+    torch_model, _, _ = load_model_for_inference(ckpt)
+    image, trimap = read_rgb(inputs["image"]), read_gray(inputs["trimap"])
+    want = predict_alpha(torch_model, image, trimap)
+    np.testing.assert_allclose(onnx_model.predict_alpha(image, trimap), want, atol=1e-4)
+    full = predict_alpha(torch_model, image, trimap, scale=1.0)
+    assert np.abs(full - want).max() > 0.01  # the scale changed the result: the check can fail

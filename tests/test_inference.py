@@ -288,3 +288,65 @@ def test_unsafe_checkpoint_is_refused_without_advice_to_bypass(tmp_path, capsys)
     msg = str(e.value)
     assert "refused" in msg and "arbitrary code" in msg and "weights_only=False" not in msg
     assert "this must never run" not in capsys.readouterr().out
+
+
+# --- inference scale -------------------------------------------------------------------------
+def test_at_scale_runs_smaller_and_returns_full_size():
+    image, trimap = random_inputs(200, 300)
+    model = PointwiseModel(refine=False)
+    predict_alpha(model, image, trimap, scale=1.0)
+    assert model.calls[-1][:2] == (224, 320)  # padded to multiples of 32
+    half = predict_alpha(model, image, trimap, scale=0.5)
+    assert model.calls[-1][:2] == (128, 160)  # 100x150, padded
+    assert half.shape == (200, 300) and half.dtype == np.float32
+    assert (half[trimap == 0] == 0).all() and (half[trimap == 255] == 1).all()
+    # The red channel at half size, brought back: close to full-size inference on a smooth
+    # image, never outside [0, 1].
+    smooth = np.repeat(np.linspace(0, 255, 300, dtype=np.float32)[None], 200, 0)
+    smooth_img = np.stack([smooth] * 3, -1).astype(np.uint8)
+    unk = np.full((200, 300), 128, np.uint8)
+    a1 = predict_alpha(model, smooth_img, unk, scale=1.0)
+    a2 = predict_alpha(model, smooth_img, unk, scale=0.5)
+    assert np.abs(a1 - a2).max() < 0.02 and 0 <= a2.min() and a2.max() <= 1
+
+
+def test_model_infer_scale_is_the_default_and_an_argument_overrides_it():
+    image, trimap = random_inputs(128, 192)
+    model = PointwiseModel(refine=False)
+    model.infer_scale = 0.5
+    predict_alpha(model, image, trimap)
+    assert model.calls[-1][:2] == (64, 96)
+    predict_alpha(model, image, trimap, scale=1.0)
+    assert model.calls[-1][:2] == (128, 192)
+
+
+def test_scaled_trimap_keeps_a_thin_unknown_band():
+    from utils.tiling import scale_trimap
+
+    trimap = np.zeros((100, 100), np.uint8)
+    trimap[:, 50:] = 255
+    trimap[:, 49] = 128  # one-pixel band: nearest-neighbour resizing could drop it
+    small = scale_trimap(trimap, (33, 33))
+    assert set(np.unique(small)) == {0, 128, 255}
+    assert (small == 128).any(axis=0).sum() >= 1 and (small[:, :10] == 0).all()
+    assert (small[:, -10:] == 255).all()
+
+
+def test_inference_scale_is_checked_and_tiny_images_are_not_shrunk():
+    from utils.tiling import MIN_SCALED_SIDE, resolve_scale
+
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"inference scale must be in \(0, 1\]"):
+            resolve_scale(bad, (100, 100))
+    assert resolve_scale(0.5, (1000, 800)) == 0.5
+    assert resolve_scale(0.5, (80, 400)) == MIN_SCALED_SIDE / 80
+    assert resolve_scale(0.5, (40, 40)) == 1.0
+
+
+def test_checkpoint_carries_the_inference_scale(tmp_path):
+    model = DIM(fc6="conv1x1")
+    state = {"model": model.state_dict(), "model_config": model.config, "stage": 1}
+    save_checkpoint(tmp_path / "a.pt", {**state, "config": {"infer_scale": 0.5}})
+    save_checkpoint(tmp_path / "b.pt", {**state, "config": {}})  # older checkpoints: 1
+    assert load_model_for_inference(tmp_path / "a.pt")[0].infer_scale == 0.5
+    assert load_model_for_inference(tmp_path / "b.pt")[0].infer_scale == 1.0

@@ -453,6 +453,8 @@ def test_bad_photo_dir_is_a_clean_error(tmp_path, caplog):
         ("--max-minutes", "0", "> 0"),
         ("--cut-sizes", "64,x", "comma-separated integers"),
         ("--cut-sizes", "0,96", ">= 1"),
+        ("--infer-scale", "0", "in (0, 1]"),
+        ("--infer-scale", "1.5", "in (0, 1]"),
     ],
 )
 def test_bad_numeric_flags_are_refused_in_one_line(flag, value, says, capsys):
@@ -529,3 +531,14 @@ def test_cut_sizes_reach_the_dataset_and_the_checkpoint(tiny_root, tmp_path):
     assert t.cfg["cut_sizes"] == [32, 64]
     default = make_trainer(argv(tiny_root, tmp_path / "runs2", 1))
     assert default.train_set.cut_sizes == (64, 96, 128)  # crop, 1.5x, 2x for crop 64
+
+
+def test_infer_scale_preset_validation_and_checkpoint(tiny_root, tmp_path):
+    synthetic = tr.resolve_config(tr.build_parser().parse_args(["--stage", "1"]))
+    assert synthetic["infer_scale"] == 0.5  # the CPU preset's, chosen on the validation split
+    runs = tmp_path / "runs"
+    t = make_trainer(argv(tiny_root, runs, 1))  # a data root: the paper's full resolution
+    assert t.cfg["infer_scale"] == 1.0 and t.model.infer_scale == 1.0
+    assert tr.main(argv(tiny_root, runs, 1, "--infer-scale", "0.5")) == 0
+    ck = load_checkpoint(next(runs.glob("*/stage1/last.pt")))
+    assert ck["config"]["infer_scale"] == 0.5

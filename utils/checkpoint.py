@@ -118,7 +118,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights.
 
-    Returns ``(model, state)``; the model is in eval mode on ``map_location``.
+    Returns ``(model, state)``; the model is in eval mode on ``map_location``, with
+    ``model.infer_scale`` the inference scale its run chose (1 when the checkpoint has none;
+    see :mod:`utils.tiling`).
     """
     from models.py_encoder_decoder import build_model
 
@@ -130,4 +132,5 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(
             f"{path}: weights do not fit the model they claim to be ({state['model_config']}): {e}"
         ) from e
+    model.infer_scale = float((state.get("config") or {}).get("infer_scale") or 1.0)
     return model.to(map_location).eval(), state

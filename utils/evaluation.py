@@ -206,19 +206,27 @@ def evaluate_model(
     tile: int | None = None,
     overlap: int | None = None,
     max_side: int | None = DEFAULT_MAX_SIDE,
+    scale: float | None = None,
     out_dir: str | Path | None = None,
     progress: bool = False,
     on_result: Callable[[int, Any, np.ndarray, dict], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate ``model`` on ``examples`` (MattingExample iterable) with the official metrics.
 
-    Full-resolution inference through :func:`utils.inference.predict_alpha` (``device``,
-    ``amp``, ``tile``, ``overlap``, ``max_side`` are passed on; the model's train/eval flags are
-    restored afterwards). Returns ``(rows, summary)`` as :func:`score`: summary["sad"] etc. are
-    means over the images, in the units of ``utils.metrics.UNITS``.
+    Inference through :func:`utils.inference.predict_alpha` (``device``, ``amp``, ``tile``,
+    ``overlap``, ``max_side`` and ``scale`` - None: the model's own ``infer_scale`` - are passed
+    on; the model's train/eval flags are restored afterwards). Returns ``(rows, summary)`` as
+    :func:`score`: summary["sad"] etc. are means over the images, in the units of
+    ``utils.metrics.UNITS``.
     """
     predict = model_predictor(
-        model, device=device, amp=amp, tile=tile, overlap=overlap, max_side=max_side
+        model,
+        device=device,
+        amp=amp,
+        tile=tile,
+        overlap=overlap,
+        max_side=max_side,
+        scale=scale,
     )
     return score(examples, predict, out_dir=out_dir, progress=progress, on_result=on_result)
 

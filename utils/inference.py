@@ -47,6 +47,7 @@ from utils.tiling import (  # noqa: F401
     STRIDE,
     Tile,
     add_inference_args,
+    at_scale,
     check_inputs,
     exact_overlap,
     force_known,
@@ -102,6 +103,7 @@ def predict_alpha(
     tile: int | None = None,
     overlap: int | None = None,
     max_side: int | None = None,
+    scale: float | None = None,
 ) -> np.ndarray:
     """Alpha matte of a full-resolution image.
 
@@ -117,6 +119,9 @@ def predict_alpha(
         overlap: context added around each tile, px (rounded up to a multiple of 32);
             None = :func:`exact_overlap` of the model (tiles then match whole-image inference).
         max_side: tile automatically when max(H, W) > max_side, windows <= max_side px.
+        scale: run the network on the image resized by this factor in (0, 1]
+            (:func:`utils.tiling.at_scale`); None = the model's ``infer_scale`` (set from its
+            checkpoint), else 1.
 
     Returns:
         float32 (H, W) in [0, 1]; exactly 0 where trimap == 0 and 1 where trimap == 255.
@@ -124,25 +129,28 @@ def predict_alpha(
     image_u8 = np.asarray(image_u8)
     trimap_u8 = np.asarray(trimap_u8)
     check_inputs(image_u8, trimap_u8)
-    h, w = trimap_u8.shape
     device = _model_device(model) if device is None else torch.device(device)
     amp_dtype = check_amp(amp, device)
+    if scale is None:
+        scale = getattr(model, "infer_scale", 1.0)
     if not (trimap_u8 == layout.TRIMAP_UNKNOWN).any():  # nothing to infer: no network input
-        return force_known(np.zeros((h, w), np.float32), trimap_u8)
+        return force_known(np.zeros(trimap_u8.shape, np.float32), trimap_u8)
     if overlap is None:
         overlap = exact_overlap(getattr(model, "config", None))
     overlap = round_up(max(0, overlap))
-    core = resolve_tile((h, w), tile, overlap, max_side)
-
     if _model_device(model) != device:
         model.to(device)
 
     def forward(window: np.ndarray) -> np.ndarray:
         return _forward(model, torch.from_numpy(window).to(device), amp_dtype).numpy()
 
-    with eval_mode(model), torch.inference_mode():
-        alpha = infer_padded(forward, layout.make_data(image_u8, trimap_u8), core, overlap)
-    return force_known(alpha, trimap_u8)
+    def run(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        core = resolve_tile(trimap.shape, tile, overlap, max_side)
+        with eval_mode(model), torch.inference_mode():
+            alpha = infer_padded(forward, layout.make_data(image, trimap), core, overlap)
+        return force_known(alpha, trimap)
+
+    return at_scale(run, image_u8, trimap_u8, scale)
 
 
 # --- checkpoints for inference ---------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 
 from data import layout
 from utils.tiling import (
+    at_scale,
     check_inputs,
     exact_overlap,
     force_known,
@@ -63,6 +64,7 @@ class OnnxMatting:
     config: dict = field(default_factory=dict)
     stage: int | None = None
     outputs: tuple[str, ...] = (OUTPUT_RAW,)
+    infer_scale: float = 1.0  # the scale the model was validated at (utils.tiling.at_scale)
 
     def describe(self) -> str:
         """One line for logs and NAME_method.txt: the file, its stage and its source."""
@@ -88,24 +90,29 @@ class OnnxMatting:
         tile: int | None = None,
         overlap: int | None = None,
         max_side: int | None = None,
+        scale: float | None = None,
     ) -> np.ndarray:
         """Alpha matte of a full-resolution image; the arguments of
         :func:`utils.inference.predict_alpha` that are not about torch (device, AMP).
 
         image_u8 (H, W, 3) RGB uint8, trimap_u8 (H, W) in {0, 128, 255} -> float32 (H, W) in
         [0, 1], exactly 0 / 1 where the trimap says background / foreground. Images whose long
-        side exceeds ``max_side`` are tiled (exact overlap unless ``overlap`` is given).
+        side exceeds ``max_side`` are tiled (exact overlap unless ``overlap`` is given);
+        ``scale`` None = the model's ``infer_scale`` from the file's metadata.
         """
         image_u8 = np.asarray(image_u8)
         trimap_u8 = np.asarray(trimap_u8)
         check_inputs(image_u8, trimap_u8)
-        h, w = trimap_u8.shape
         if not (trimap_u8 == layout.TRIMAP_UNKNOWN).any():  # nothing to infer
-            return force_known(np.zeros((h, w), np.float32), trimap_u8)
+            return force_known(np.zeros(trimap_u8.shape, np.float32), trimap_u8)
         overlap = round_up(max(0, exact_overlap(self.config) if overlap is None else overlap))
-        core = resolve_tile((h, w), tile, overlap, max_side)
-        alpha = infer_padded(self._alpha, layout.make_data(image_u8, trimap_u8), core, overlap)
-        return force_known(alpha, trimap_u8)
+
+        def run(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+            core = resolve_tile(trimap.shape, tile, overlap, max_side)
+            alpha = infer_padded(self._alpha, layout.make_data(image, trimap), core, overlap)
+            return force_known(alpha, trimap)
+
+        return at_scale(run, image_u8, trimap_u8, self.infer_scale if scale is None else scale)
 
 
 def _first_line(e: BaseException) -> str:
@@ -174,6 +181,7 @@ def load_onnx_model(
     try:
         config = json.loads(metadata.get("model_config", "{}"))
         got_stage = int(metadata["stage"]) if metadata.get("stage") else None
+        infer_scale = float(metadata.get("infer_scale") or 1.0)
     except ValueError as e:
         raise OnnxModelError(
             f"{path}: unreadable metadata ({_first_line(e)}); {EXPORT_HINT}"
@@ -183,4 +191,4 @@ def load_onnx_model(
             f"{path} was exported from a stage-{got_stage} checkpoint but stage {stage} was "
             "asked for; export the right checkpoint or drop --stage"
         )
-    return OnnxMatting(path, session, metadata, config, got_stage, outputs)
+    return OnnxMatting(path, session, metadata, config, got_stage, outputs, infer_scale)

@@ -34,6 +34,16 @@ only within (required - overlap) px of a seam, by an amount that depends on the 
 
 ``max_side=N`` tiles automatically when the image's long side exceeds N, with windows no
 larger than N x N (memory figures: :mod:`utils.inference`).
+
+Inference scale
+---------------
+A model trained on windows that were shrunk before it saw them (windows of 1-2x the crop side
+resized to the crop) has learnt objects at about two thirds of their size in the source image;
+run on a full-resolution photo it sees everything larger than in training. :func:`at_scale`
+runs it on the image resized by ``scale`` (<= 1) and brings the alpha back to full size, where
+the known pixels are set from the full-resolution trimap. The scale a model should use is
+stored with it (``infer_scale`` in its checkpoint, chosen on the validation split); 1 is the
+paper's full-resolution inference.
 """
 
 from __future__ import annotations
@@ -189,6 +199,51 @@ def force_known(alpha: np.ndarray, trimap_u8: np.ndarray) -> np.ndarray:
     return alpha
 
 
+MIN_SCALED_SIDE = 64  # never shrink an image's short side below this
+
+
+def resolve_scale(scale: float, hw: tuple[int, int]) -> float:
+    """The scale :func:`at_scale` uses for an (H, W) image: ``scale`` in (0, 1], raised so the
+    short side keeps at least :data:`MIN_SCALED_SIDE` px (never above 1)."""
+    if not 0 < scale <= 1:
+        raise ValueError(f"inference scale must be in (0, 1], got {scale}")
+    return min(1.0, max(scale, MIN_SCALED_SIDE / max(1, min(hw))))
+
+
+def scale_trimap(trimap_u8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a trimap to ``size`` (W, H) without losing its unknown band: a pixel is unknown
+    when any source pixel under it is, else foreground when most of them are."""
+    import cv2
+
+    unknown = cv2.resize((trimap_u8 == 128).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    fg = cv2.resize((trimap_u8 == 255).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    out = np.where(fg >= 0.5, 255, 0).astype(np.uint8)
+    out[unknown > 0] = 128
+    return out
+
+
+def at_scale(predict, image_u8: np.ndarray, trimap_u8: np.ndarray, scale: float) -> np.ndarray:
+    """``predict(image, trimap) -> alpha`` run on the image resized by ``scale`` (see the module
+    docstring), the alpha resized back to (H, W) with bilinear interpolation.
+
+    image_u8: (H, W, 3) uint8; trimap_u8: (H, W) in {0, 128, 255}; ``scale`` in (0, 1].
+    Returns float32 (H, W) in [0, 1], exactly 0/1 where the full-size trimap is known.
+    """
+    import cv2
+
+    h, w = trimap_u8.shape
+    s = resolve_scale(scale, (h, w))
+    if s == 1.0:
+        return predict(image_u8, trimap_u8)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    small = predict(
+        cv2.resize(np.ascontiguousarray(image_u8), size, interpolation=cv2.INTER_AREA),
+        scale_trimap(trimap_u8, size),
+    )
+    alpha = cv2.resize(small.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return force_known(np.clip(alpha, 0.0, 1.0), trimap_u8)
+
+
 def check_inputs(image_u8: np.ndarray, trimap_u8: np.ndarray) -> None:
     """Raise ValueError unless ``image_u8`` is (H, W, 3) and ``trimap_u8`` is (H, W)."""
     if image_u8.ndim != 3 or image_u8.shape[2] != 3:
@@ -237,6 +292,19 @@ def add_checkpoint_args(parser) -> None:
     )
 
 
+def scale_arg(text: str) -> float:
+    """argparse type of ``--infer-scale``: a number in (0, 1]."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def add_inference_args(parser) -> None:
     """Add the inference flags every CLI shares (evaluate.py, predict.py): device, AMP, tiles."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
@@ -257,6 +325,14 @@ def add_inference_args(parser) -> None:
         type=int,
         default=DEFAULT_MAX_SIDE,
         help="tile images whose long side exceeds this (bounded memory); 0 = never",
+    )
+    parser.add_argument(
+        "--infer-scale",
+        type=scale_arg,
+        default=None,
+        help="run the network on the image resized by this factor in (0, 1] and bring the "
+        "alpha back to full size; unset: the scale stored with the model (chosen on its "
+        "validation split when it was trained), 1 = full resolution as in the paper",
     )
     parser.add_argument(
         "--max-pixels",
