@@ -49,9 +49,9 @@ TRAIN = [sys.executable, str(ROOT / "train_encoder_decoder.py")]
 RECIPES: dict[str, list[list[str]]] = {
     "main": [["--stage", "1"]],
     "long": [
-        ["--stage", "1", "--epochs", "50"],
-        ["--stage", "2", "--epochs", "4"],
-        ["--stage", "3", "--epochs", "5", "--lr", "5e-5"],
+        ["--stage", "1", "--epochs", "80"],
+        ["--stage", "2", "--epochs", "10"],
+        ["--stage", "3", "--epochs", "6", "--lr", "3e-5"],
     ],
 }
 # Real-photo curves during training (the long recipe's figure); the main job keeps its
