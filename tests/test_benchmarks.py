@@ -243,6 +243,33 @@ def test_recipe_table_and_curves(tmp_path):
     assert set(br.RECIPES) == {"main", "long"} and all(r for r in br.RECIPES.values())
 
 
+def test_recipe_baselines_are_cached_per_test_set_content(tmp_path, monkeypatch):
+    """A test set that changed (a new built-in set version) is scored again, not read from the
+    cache under its old label; an unchanged one is read back."""
+    from benchmarks import bench_recipes as br
+    from data.testsets import MattingExample
+
+    def example(value: int) -> MattingExample:
+        trimap = np.full((8, 8), 128, np.uint8)
+        trimap[0] = value
+        return MattingExample("a", np.zeros((8, 8, 3), np.uint8), trimap, np.zeros((8, 8)))
+
+    calls = []
+
+    def fake_score(examples, predict, **kw):
+        calls.append(predict.__name__)
+        return [], {"n": 1, "sad": float(len(calls)), "mse": 0.0, "grad": 0.0, "conn": 0.0}
+
+    monkeypatch.setattr(br, "score", fake_score)
+    cache = tmp_path / "baselines.json"
+    first = br.baselines([("synthetic test", [example(0)])], cache)
+    assert calls == ["trimap_only", "closed_form"]
+    again = br.baselines([("synthetic test", [example(0)])], cache)
+    assert len(calls) == 2 and again == first  # read back
+    changed = br.baselines([("synthetic test", [example(255)])], cache)
+    assert len(calls) == 4 and changed["trimap-only"]["synthetic test"]["sad"] == 3.0
+
+
 def test_compare_commits_reads_steady_time_and_refuses_bad_input(tmp_path, capsys):
     from benchmarks import compare_commits as cc
 
