@@ -194,6 +194,38 @@ def teaser(checkpoint: Path, example, background: np.ndarray, width: int = 360) 
     return np.concatenate(tiles, axis=1)
 
 
+def panels(checkpoints: dict[str, Path], examples, names: list[str], height: int = 200):
+    """Rows of image | trimap | ground truth | one alpha per checkpoint (labelled with its SAD
+    on that photo), one row per example in ``names``, each tile ``height`` px high. RGB uint8."""
+    import cv2
+
+    from utils import metrics
+    from utils.evaluation import to_u8
+    from utils.inference import predict_alpha
+
+    models = {k: load_model_for_inference(p, "cpu")[0] for k, p in checkpoints.items()}
+    rows = []
+    for name in names:
+        ex = examples[examples.names.index(name)]
+        tiles = [(ex.image, name), (ex.trimap, "trimap"), (to_u8(ex.alpha), "ground truth")]
+        for label, model in models.items():
+            alpha = to_u8(predict_alpha(model, ex.image, ex.trimap, device="cpu"))
+            sad = metrics.compute_all(alpha, ex.alpha, ex.trimap)["sad"]
+            tiles.append((alpha, f"{label}: SAD {sad:.1f}"))
+        h, w = ex.trimap.shape
+        size = (round(height * w / h), height)
+        row = []
+        for img, text in tiles:
+            img = np.dstack([img] * 3) if img.ndim == 2 else img
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+            cv2.rectangle(img, (0, 0), (size[0], 18), (255, 255, 255), -1)
+            cv2.putText(img, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
+            row.append(img)
+        rows.append(np.concatenate(row, axis=1))
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", choices=sorted(RECIPES), required=True)
@@ -223,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         help="write image | trimap | alpha | composite of the last stage on a real photo (PNG)",
     )
     p.add_argument("--teaser-image", default="GT04", help="which real photograph")
+    p.add_argument(
+        "--panels",
+        type=Path,
+        default=None,
+        help="write image | trimap | ground truth | each stage's alpha for --panel-images of the "
+        "real photographs (Trimap2) (PNG)",
+    )
+    p.add_argument("--panel-images", default="GT02,GT04,GT13,GT16", help="comma-separated names")
     p.add_argument("extra", nargs="*", help="more trainer flags for every stage (after --)")
     a = p.parse_args(argv)
     run_name = a.run_name or f"recipe-{a.recipe}"
@@ -278,6 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         last = int(RECIPES[a.recipe][-1][1])
         ckpt = a.runs_dir / run_name / f"stage{last}" / "best.pt"
         write_png(a.teaser, teaser(ckpt, example, background))
+    if a.panels and a.real is not None:
+        from utils.image_io import write_png
+
+        ckpts = {
+            f"stage {int(x[1])}": a.runs_dir / run_name / f"stage{int(x[1])}" / "best.pt"
+            for x in RECIPES[a.recipe]
+        }
+        real = dict(sets)["real Trimap2"]
+        write_png(a.panels, panels(ckpts, real, a.panel_images.split(",")))
     if a.json:
         common.write_json(a.json, result)
         a.json.with_suffix(".md").write_text(md + "\n")
