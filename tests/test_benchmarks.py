@@ -270,6 +270,30 @@ def test_recipe_baselines_are_cached_per_test_set_content(tmp_path, monkeypatch)
     assert len(calls) == 4 and changed["trimap-only"]["synthetic test"]["sad"] == 3.0
 
 
+def test_recipe_panels_one_row_per_photo_one_tile_per_stage(tmp_path):
+    from benchmarks import bench_recipes as br
+    from data.testsets import MattingExample
+    from utils.checkpoint import save_checkpoint
+
+    class Examples(list):
+        names = property(lambda self: [e.name for e in self])
+
+    rng = np.random.default_rng(0)
+    trimap = np.full((64, 96), 128, np.uint8)
+    trimap[:, :20], trimap[:, -20:] = 0, 255
+    examples = Examples(
+        MattingExample(n, rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), trimap,
+                       rng.random((64, 96)).astype(np.float32))
+        for n in ("GT01", "GT02")
+    )  # fmt: skip
+    model = DIM(fc6="conv1x1")
+    state = {"model": model.state_dict(), "model_config": model.config, "stage": 1}
+    ckpt = save_checkpoint(tmp_path / "s1.pt", {**state, "config": {"infer_scale": 0.5}})
+    img = br.panels({"stage 1": ckpt, "again": ckpt}, examples, ["GT02"], height=50)
+    assert img.dtype == np.uint8 and img.shape == (50, 5 * 75, 3)  # image, trimap, gt, 2 models
+    assert br.panels({"stage 1": ckpt}, examples, ["GT01", "GT02"], height=50).shape[0] == 100
+
+
 def test_compare_commits_reads_steady_time_and_refuses_bad_input(tmp_path, capsys):
     from benchmarks import compare_commits as cc
 
