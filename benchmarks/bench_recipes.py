@@ -177,28 +177,37 @@ def recipe_curves(run_dir: Path, stages: list[int]) -> dict[str, dict[str, list]
     return {g: t for g, t in history.items() if t}
 
 
+def tile_row(tiles: list[np.ndarray], size: tuple[int, int], labels=None) -> np.ndarray:
+    """Images (grey or RGB uint8) resized to ``size`` (W, H) side by side, each optionally
+    with a label on a white strip at its top. RGB uint8 (H, len * W, 3)."""
+    import cv2
+
+    row = []
+    for i, img in enumerate(tiles):
+        img = np.dstack([img] * 3) if img.ndim == 2 else img
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        if labels:
+            cv2.rectangle(img, (0, 0), (size[0], 18), (255, 255, 255), -1)
+            cv2.putText(img, labels[i], (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
+        row.append(img)
+    return np.concatenate(row, axis=1)
+
+
 def teaser(checkpoint: Path, example, background: np.ndarray, width: int = 360) -> np.ndarray:
     """One row for the README: image | trimap | predicted alpha | cut-out on ``background``,
     each ``width`` px wide. RGB uint8."""
-    import cv2
-
     from utils.matting import matte
 
     model, _, _ = load_model_for_inference(checkpoint, "cpu")
     out = matte(model, example.image, example.trimap, "ml", background, device="cpu")
-    tiles = [example.image, example.trimap, out["alpha"], out["composite"]]
     h, w = example.trimap.shape
-    size = (width, round(width * h / w))
-    rgb = [np.dstack([t] * 3) if t.ndim == 2 else t for t in tiles]
-    tiles = [cv2.resize(t, size, interpolation=cv2.INTER_AREA) for t in rgb]
-    return np.concatenate(tiles, axis=1)
+    tiles = [example.image, example.trimap, out["alpha"], out["composite"]]
+    return tile_row(tiles, (width, round(width * h / w)))
 
 
 def panels(checkpoints: dict[str, Path], examples, names: list[str], height: int = 200):
     """Rows of image | trimap | ground truth | one alpha per checkpoint (labelled with its SAD
     on that photo), one row per example in ``names``, each tile ``height`` px high. RGB uint8."""
-    import cv2
-
     from utils import metrics
     from utils.evaluation import to_u8
     from utils.inference import predict_alpha
@@ -207,21 +216,14 @@ def panels(checkpoints: dict[str, Path], examples, names: list[str], height: int
     rows = []
     for name in names:
         ex = examples[examples.names.index(name)]
-        tiles = [(ex.image, name), (ex.trimap, "trimap"), (to_u8(ex.alpha), "ground truth")]
+        tiles, labels = [ex.image, ex.trimap, to_u8(ex.alpha)], [name, "trimap", "ground truth"]
         for label, model in models.items():
             alpha = to_u8(predict_alpha(model, ex.image, ex.trimap, device="cpu"))
             sad = metrics.compute_all(alpha, ex.alpha, ex.trimap)["sad"]
-            tiles.append((alpha, f"{label}: SAD {sad:.1f}"))
+            tiles.append(alpha)
+            labels.append(f"{label}: SAD {sad:.1f}")
         h, w = ex.trimap.shape
-        size = (round(height * w / h), height)
-        row = []
-        for img, text in tiles:
-            img = np.dstack([img] * 3) if img.ndim == 2 else img
-            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-            cv2.rectangle(img, (0, 0), (size[0], 18), (255, 255, 255), -1)
-            cv2.putText(img, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
-            row.append(img)
-        rows.append(np.concatenate(row, axis=1))
+        rows.append(tile_row(tiles, (round(height * w / h), height), labels))
     width = max(r.shape[1] for r in rows)
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
 

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import layout
 from utils.device import check_amp
 
 # The torch-free pieces live in utils/tiling.py (shared with the onnxruntime path); they are
@@ -47,12 +46,12 @@ from utils.tiling import (  # noqa: F401
     STRIDE,
     Tile,
     add_inference_args,
-    at_scale,
     check_inputs,
     exact_overlap,
     force_known,
     infer_padded,
     plan_tiles,
+    predict_with,
     resolve_tile,
     round_up,
 )
@@ -126,31 +125,25 @@ def predict_alpha(
     Returns:
         float32 (H, W) in [0, 1]; exactly 0 where trimap == 0 and 1 where trimap == 255.
     """
-    image_u8 = np.asarray(image_u8)
-    trimap_u8 = np.asarray(trimap_u8)
-    check_inputs(image_u8, trimap_u8)
     device = _model_device(model) if device is None else torch.device(device)
     amp_dtype = check_amp(amp, device)
-    if scale is None:
-        scale = getattr(model, "infer_scale", 1.0)
-    if not (trimap_u8 == layout.TRIMAP_UNKNOWN).any():  # nothing to infer: no network input
-        return force_known(np.zeros(trimap_u8.shape, np.float32), trimap_u8)
-    if overlap is None:
-        overlap = exact_overlap(getattr(model, "config", None))
-    overlap = round_up(max(0, overlap))
     if _model_device(model) != device:
         model.to(device)
 
     def forward(window: np.ndarray) -> np.ndarray:
         return _forward(model, torch.from_numpy(window).to(device), amp_dtype).numpy()
 
-    def run(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        core = resolve_tile(trimap.shape, tile, overlap, max_side)
-        with eval_mode(model), torch.inference_mode():
-            alpha = infer_padded(forward, layout.make_data(image, trimap), core, overlap)
-        return force_known(alpha, trimap)
-
-    return at_scale(run, image_u8, trimap_u8, scale)
+    with eval_mode(model), torch.inference_mode():
+        return predict_with(
+            forward,
+            image_u8,
+            trimap_u8,
+            config=getattr(model, "config", None),
+            tile=tile,
+            overlap=overlap,
+            max_side=max_side,
+            scale=getattr(model, "infer_scale", 1.0) if scale is None else scale,
+        )
 
 
 # --- checkpoints for inference ---------------------------------------------------------------

@@ -29,15 +29,7 @@ from typing import Any
 import numpy as np
 
 from data import layout
-from utils.tiling import (
-    at_scale,
-    check_inputs,
-    exact_overlap,
-    force_known,
-    infer_padded,
-    resolve_tile,
-    round_up,
-)
+from utils.tiling import predict_with
 
 REPOSITORY = "deep-image-matting"  # pyproject.toml's project name
 FORMAT = "1"  # bump when the graph's inputs/outputs or the metadata change meaning
@@ -100,19 +92,16 @@ class OnnxMatting:
         side exceeds ``max_side`` are tiled (exact overlap unless ``overlap`` is given);
         ``scale`` None = the model's ``infer_scale`` from the file's metadata.
         """
-        image_u8 = np.asarray(image_u8)
-        trimap_u8 = np.asarray(trimap_u8)
-        check_inputs(image_u8, trimap_u8)
-        if not (trimap_u8 == layout.TRIMAP_UNKNOWN).any():  # nothing to infer
-            return force_known(np.zeros(trimap_u8.shape, np.float32), trimap_u8)
-        overlap = round_up(max(0, exact_overlap(self.config) if overlap is None else overlap))
-
-        def run(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-            core = resolve_tile(trimap.shape, tile, overlap, max_side)
-            alpha = infer_padded(self._alpha, layout.make_data(image, trimap), core, overlap)
-            return force_known(alpha, trimap)
-
-        return at_scale(run, image_u8, trimap_u8, self.infer_scale if scale is None else scale)
+        return predict_with(
+            self._alpha,
+            image_u8,
+            trimap_u8,
+            config=self.config,
+            tile=tile,
+            overlap=overlap,
+            max_side=max_side,
+            scale=self.infer_scale if scale is None else scale,
+        )
 
 
 def _first_line(e: BaseException) -> str:

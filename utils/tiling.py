@@ -215,10 +215,13 @@ def scale_trimap(trimap_u8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     when any source pixel under it is, else foreground when most of them are."""
     import cv2
 
-    unknown = cv2.resize((trimap_u8 == 128).astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    fg = cv2.resize((trimap_u8 == 255).astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    out = np.where(fg >= 0.5, 255, 0).astype(np.uint8)
-    out[unknown > 0] = 128
+    def share(value: int) -> np.ndarray:
+        mask = (trimap_u8 == value).astype(np.float32)
+        return cv2.resize(mask, size, interpolation=cv2.INTER_AREA)
+
+    out = np.where(share(layout.TRIMAP_FG) >= 0.5, layout.TRIMAP_FG, layout.TRIMAP_BG)
+    out = out.astype(np.uint8)
+    out[share(layout.TRIMAP_UNKNOWN) > 0] = layout.TRIMAP_UNKNOWN
     return out
 
 
@@ -276,6 +279,42 @@ def infer_padded(
             window = np.ascontiguousarray(padded[(slice(None), *t.window)])[None]
             out[t.core] = forward(window)[t.inner]
     return np.ascontiguousarray(crop_back(out, pads), dtype=np.float32)
+
+
+def predict_with(
+    forward: Callable[[np.ndarray], np.ndarray],
+    image_u8: np.ndarray,
+    trimap_u8: np.ndarray,
+    *,
+    config: dict | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    max_side: int | None = None,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """Everything around one network call, for both back-ends: check the inputs, skip the
+    network when nothing is unknown, shrink by ``scale`` (:func:`at_scale`), build ``data``,
+    pad and tile (:func:`infer_padded`; ``overlap`` None = :func:`exact_overlap` of
+    ``config``), and set the known pixels.
+
+    ``forward``: padded window (1, 4, h, w) float32 -> alpha (h, w) float32.
+    image_u8 (H, W, 3) RGB uint8, trimap_u8 (H, W) in {0, 128, 255} -> float32 (H, W) in
+    [0, 1], exactly 0 / 1 where the trimap says background / foreground.
+    """
+    image_u8 = np.asarray(image_u8)
+    trimap_u8 = np.asarray(trimap_u8)
+    check_inputs(image_u8, trimap_u8)
+    if not (trimap_u8 == layout.TRIMAP_UNKNOWN).any():  # nothing to infer: no network input
+        return force_known(np.zeros(trimap_u8.shape, np.float32), trimap_u8)
+    overlap = round_up(max(0, exact_overlap(config) if overlap is None else overlap))
+
+    def run(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        core = resolve_tile(trimap.shape, tile, overlap, max_side)
+        return force_known(
+            infer_padded(forward, layout.make_data(image, trimap), core, overlap), trimap
+        )
+
+    return at_scale(run, image_u8, trimap_u8, scale)
 
 
 # --- command line ----------------------------------------------------------------------------
