@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from data import layout
+from models.py_encoder_decoder import DIM
 from utils.onnx_inference import (
     FORMAT,
     INPUT,
@@ -92,16 +93,17 @@ def elementwise_unpool(model: nn.Module) -> Iterator[nn.Module]:
             m.elementwise = flag
 
 
-def onnx_metadata(
-    model_config: dict, stage: int | None, source: str | os.PathLike, infer_scale: float = 1.0
-) -> dict:
-    """The metadata_props of an export: how utils/onnx_inference.py recognises our files."""
+def onnx_metadata(model: DIM, stage: int | None, source: str | os.PathLike) -> dict:
+    """The metadata_props of an export: how utils/onnx_inference.py recognises our files and
+    tiles and scales as the PyTorch path does."""
     return {
         "repository": REPOSITORY,
         "format": FORMAT,
-        "model_config": json.dumps(model_config, sort_keys=True),
+        "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
         "stage": "" if stage is None else str(stage),
-        "infer_scale": repr(float(infer_scale)),
+        "infer_scale": repr(float(getattr(model, "infer_scale", 1.0))),
+        "receptive_field": str(model.receptive_field),
+        "stride": str(model.stride),
         "source_checkpoint": str(source),
         "torch": torch.__version__,
         "input": f"{INPUT}: (N, 4, H, W) float32, H and W multiples of 32, data/layout.make_data "
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.is_dir():
             raise ExportError(f"--out {out} is a folder: give a file name such as {out}/model.onnx")
         model, state, ckpt = load_model_for_inference(args.checkpoint, "cpu", stage=args.stage)
-        meta = onnx_metadata(model.config, state.get("stage"), ckpt, model.infer_scale)
+        meta = onnx_metadata(model, state.get("stage"), ckpt)
         diff = export_onnx(model, out, meta, args.opset, args.tolerance)
     except (CheckpointError, ExportError, OnnxModelError) as e:
         print(f"export.py: error: {e}", file=sys.stderr)

@@ -847,7 +847,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "model_config": dict(self.model.config),
+            "model_config": self.model.config.to_dict(),
             "stage": self.stage,
             "config": self.cfg,
             "epoch": self.epoch,

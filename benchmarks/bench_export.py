@@ -66,7 +66,7 @@ def run(quick: bool = False, size: tuple[int, int] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "dim.onnx"
         t0 = time.perf_counter()
-        export_diff = export.export_onnx(model, path, export.onnx_metadata(model.config, 2, "-"))
+        export_diff = export.export_onnx(model, path, export.onnx_metadata(model, 2, "-"))
         export_s = time.perf_counter() - t0
         onnx_mb = path.stat().st_size / 2**20
         onnx_model = load_onnx_model(path, threads=threads)

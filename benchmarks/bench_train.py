@@ -333,7 +333,11 @@ class Context:
             from utils.checkpoint import save_checkpoint
 
             model = DIM(refine=True)
-            state = {"model": model.state_dict(), "model_config": model.config, "stage": 2}
+            state = {
+                "model": model.state_dict(),
+                "model_config": model.config.to_dict(),
+                "stage": 2,
+            }
             self.stage3_init = save_checkpoint(self.tmp / "init" / "stage2.pt", state)
         return self.stage3_init
 

@@ -6,35 +6,46 @@ Shapes and ranges (everything here is NCHW; ``channels_last`` memory format work
     raw_alpha  (N, 1, H, W) float in [0, 1]  -- encoder-decoder output (sigmoid)
     refined    (N, 1, H, W) float in [0, 1]  -- refine head output, or None without a head
 
-H and W must be multiples of 32 (five 2x2 poolings). For other sizes pad with
-:func:`pad_to_multiple` and crop the prediction with :func:`crop_back`.
+H and W must be multiples of ``model.stride`` (32: five 2x2 poolings). For other sizes pad
+with :func:`pad_to_multiple` and crop the prediction with :func:`crop_back`.
+
+The architecture is one record, :class:`ModelConfig`: ``DIM(config)`` builds it, checkpoints
+store it (``model_config``), a resume compares it, the trainer's model flags come from it.
 
 Parts
-    encoder      VGG16-BN's 13 conv+BN+ReLU layers and 5 max-pools (indices kept), first conv
+    encoder      any :class:`MattingEncoder` (the interface the decoder reads: per-level
+                 features, pooling indices and sizes, channel counts, and which input pixels a
+                 feature sees); :data:`ENCODERS` names them. "vgg16_bn" (:class:`VGG16BNEncoder`):
+                 VGG16-BN's 13 conv+BN+ReLU layers and 5 max-pools (indices kept), first conv
                  widened to 4 input channels, then the fc6 replacement ("transmap": 3x3 + 1x1
                  conv, the original repository's; or "conv1x1": the paper/mmagic 1x1 conv).
                  The layer structure is taken from ``torchvision.models.vgg16_bn`` itself, so
                  :func:`load_vggbn` derives the mapping to torchvision's state dict by position.
-    decoder      1x1 conv (512), then per level an upsampling step ("unpool" with the encoder's
+    decoder      1x1 conv, then per level an upsampling step ("unpool" with the encoder's
                  indices, "bilinear", or "deconv" = 2x2 transposed conv) and a 5x5 conv+BN+ReLU
-                 with 512, 256, 128, 64, 64 channels, then a 5x5 conv to one channel (a logit).
-                 Optional skip connections add ("add") or concatenate ("concat") the encoder
-                 feature of the same resolution before each 5x5 conv. Xavier-initialised.
+                 (512, 256, 128, 64, 64 channels after VGG16-BN), then a 5x5 conv to one
+                 channel (a logit). Optional skip connections add ("add") or concatenate
+                 ("concat") the encoder feature of the same resolution before each 5x5 conv.
+                 Xavier-initialised.
     refine_head  cat(image, raw alpha) -> 4 conv 3x3 (64, 64, 64, 1), ReLU after the first three;
                  its output is added to the raw alpha (see :class:`RefineHead`).
+
+The model states its ``stride`` and ``receptive_field`` (px an input pixel can reach, followed
+through every path of the network); tiled inference (utils/tiling.py) reads them.
 
 Run ``python models/py_encoder_decoder.py`` for the self-test.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlparse
@@ -58,7 +69,7 @@ UPSAMPLE_CHOICES = ("unpool", "bilinear", "deconv")
 SKIP_CHOICES = (False, "add", "concat")
 REFINE_ADD_CHOICES = ("logit", "clip")
 MULTIPLE = 32  # 2 ** number of poolings
-DECODER_CHANNELS = (512, 256, 128, 64, 64)  # 5x5 conv outputs, deepest level first
+FINAL_CHANNELS = 64  # the decoder's last 5x5 conv+BN+ReLU, before the 1-channel prediction
 REFINE_CHANNELS = 64
 
 
@@ -137,15 +148,58 @@ def _clone_layer(m: nn.Module, in_channels: int | None = None) -> nn.Module:
 
 
 class EncoderOutput(NamedTuple):
-    """What the decoder needs from the encoder. Lists are ordered shallow -> deep (5 levels)."""
+    """What an encoder hands the decoder. Lists are ordered shallow -> deep, one entry per
+    2x2 max-pool (level ``l`` is at 1/2**l of the input resolution before its pool)."""
 
-    x: Tensor  # (N, 512, H/32, W/32) after fc6
-    indices: list[Tensor]  # max-pool indices per level
-    sizes: list[torch.Size]  # (H_l, W_l) before each pool
-    features: list[Tensor]  # activations before each pool (skip connections)
+    x: Tensor  # (N, out_channels, H/stride, W/stride): the deepest features
+    indices: list[Tensor]  # per level: the 2x2 max-pool's indices (what "unpool" puts back)
+    sizes: list[torch.Size]  # per level: (H_l, W_l) before the pool
+    features: list[Tensor]  # per level: activations before the pool (skip connections)
 
 
-class Encoder(nn.Module):
+def conv_span(layers: nn.Module, lo: int, hi: int) -> tuple[int, int]:
+    """The input pixels (one axis) that output pixels ``lo..hi`` of ``layers`` depend on.
+
+    ``layers`` is a chain of convolutions and point-wise layers (BN, ReLU): each
+    ``nn.Conv2d`` widens the span by its kernel, stride, padding and dilation (taken from the
+    module, so any conv chain is covered). Borders are ignored: the image is taken as unbounded,
+    which is what the tiles' interiors see.
+    """
+    convs = [m for m in layers.modules() if isinstance(m, nn.Conv2d)]
+    for conv in reversed(convs):
+        k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+        lo, hi = lo * s - p, hi * s - p + (k - 1) * d
+    return lo, hi
+
+
+class MattingEncoder(nn.Module):
+    """The interface between an encoder (backbone) and the decoder; a new backbone is one
+    subclass, registered in :data:`ENCODERS`.
+
+    A subclass sets, in ``__init__``:
+        level_channels  channels of ``features[l]`` per level, shallow -> deep; one level per
+                        2x2 max-pool, so the input must be a multiple of ``stride``
+        out_channels    channels of ``x``
+    and implements:
+        forward(data (N, 4, H, W)) -> :class:`EncoderOutput`
+        input_span(level, lo, hi) -> (lo, hi): the input pixels (one axis) that pixels
+            ``lo..hi`` of ``features[level]`` depend on; ``level == len(level_channels)`` is
+            ``x``. :attr:`DIM.receptive_field` (and so exact tiling) is derived from it.
+    """
+
+    level_channels: list[int]
+    out_channels: int
+
+    @property
+    def stride(self) -> int:
+        """Total down-sampling: 2 ** number of pools."""
+        return 2 ** len(self.level_channels)
+
+    def input_span(self, level: int, lo: int, hi: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+
+class VGG16BNEncoder(MattingEncoder):
     """VGG16-BN features (4-channel input) with pooling indices, then the fc6 replacement.
 
     ``stages[i]`` are the conv+BN+ReLU layers of level i, ``pools[i]`` its 2x2 max-pool.
@@ -176,8 +230,8 @@ class Encoder(nn.Module):
         self.pools = nn.ModuleList(
             nn.MaxPool2d(2, 2, return_indices=True) for _ in range(len(stages))
         )
-        self.stage_channels = [s[-3].out_channels for s in stages]  # [64, 128, 256, 512, 512]
-        c = self.stage_channels[-1]
+        self.level_channels = [s[-3].out_channels for s in stages]  # [64, 128, 256, 512, 512]
+        c = self.level_channels[-1]
         if fc6 == "transmap":
             self.fc6 = nn.Sequential(conv_bn_relu(c, c, 3), conv_bn_relu(c, c, 1))
         else:
@@ -204,6 +258,17 @@ class Encoder(nn.Module):
             x, idx = pool(x)
             indices.append(idx)
         return EncoderOutput(self.fc6(x), indices, sizes, features)
+
+    def input_span(self, level: int, lo: int, hi: int) -> tuple[int, int]:
+        if level == len(self.stages):
+            lo, hi = conv_span(self.fc6, lo, hi)
+            lo, hi = 2 * lo, 2 * hi + 1  # the last pool
+            level -= 1
+        for lev in range(level, -1, -1):
+            lo, hi = conv_span(self.stages[lev], lo, hi)
+            if lev > 0:
+                lo, hi = 2 * lo, 2 * hi + 1  # the pool before this level
+        return lo, hi
 
 
 def _repeat2x(t: Tensor) -> Tensor:
@@ -280,10 +345,14 @@ class Decoder(nn.Module):
         if skip not in SKIP_CHOICES:
             raise ValueError(f"skip must be one of {SKIP_CHOICES}, got {skip!r}")
         self.skip = skip
-        self.conv6 = conv_bn_relu(in_channels, in_channels, 1)
+        # Unpooling puts a level's values where that level's pool found them, so the decoder
+        # enters each level with the encoder's channel count there (VGG16-BN: 512, 512, 256,
+        # 128, 64 deep -> shallow) and leaves the shallowest with FINAL_CHANNELS.
+        self.conv6 = conv_bn_relu(in_channels, encoder_channels[-1], 1)
         ups, convs = [], []
-        cin = in_channels
-        for cout, cenc in zip(DECODER_CHANNELS, reversed(encoder_channels), strict=True):
+        cin = encoder_channels[-1]
+        widths = [*reversed(encoder_channels[:-1]), FINAL_CHANNELS]
+        for cout, cenc in zip(widths, reversed(encoder_channels), strict=True):
             if skip == "add" and cenc != cin:
                 raise ValueError(f"skip='add' needs equal channels, got {cenc} and {cin}")
             ups.append(Upsample(upsample, cin))
@@ -293,6 +362,25 @@ class Decoder(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.pred = nn.Conv2d(cin, 1, 5, padding=2)
         self.reset_parameters()
+
+    def input_span(self, encoder: MattingEncoder, lo: int, hi: int) -> tuple[int, int]:
+        """The input pixels (one axis) that output pixels ``lo..hi`` depend on, through every
+        path: the deepest features, each level's pooling indices ("unpool") and skips."""
+        spans = []
+        lo, hi = conv_span(self.pred, lo, hi)
+        for level in range(len(self.convs)):  # shallow -> deep, the reverse of forward()
+            up, conv = self.ups[-1 - level], self.convs[-1 - level]
+            lo, hi = conv_span(conv, lo, hi)
+            if self.skip:
+                spans.append(encoder.input_span(level, lo, hi))
+            if up.mode == "bilinear":
+                lo, hi = (lo - 1) // 2, (hi + 1) // 2
+            else:  # unpool and the 2x2 stride-2 deconv: one coarse pixel per 2x2 block
+                lo, hi = lo // 2, hi // 2
+            if up.mode == "unpool":  # the indices come from the pool of features[level]
+                spans.append(encoder.input_span(level, 2 * lo, 2 * hi + 1))
+        spans.append(encoder.input_span(len(self.convs), *conv_span(self.conv6, lo, hi)))
+        return min(a for a, _ in spans), max(b for _, b in spans)
 
     def reset_parameters(self) -> None:
         """Xavier (uniform) weights and zero biases, as in the paper."""
@@ -379,55 +467,131 @@ class RefineHead(nn.Module):
         return f"add={self.add!r}"
 
 
+ENCODERS: dict[str, Callable[[ModelConfig], MattingEncoder]] = {
+    "vgg16_bn": lambda config: VGG16BNEncoder(layout.DATA_CHANNELS, fc6=config.fc6),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole architecture. ``DIM(config)`` builds it, checkpoints store ``to_dict()`` as
+    ``model_config``, a resume compares it, and the trainer has one flag per field that has
+    a ``help`` (``refine`` has none: the stage decides)."""
+
+    encoder: str = field(
+        default="vgg16_bn", metadata={"help": "backbone (models.py_encoder_decoder.ENCODERS)"}
+    )
+    fc6: str = field(
+        default="transmap",
+        metadata={
+            "choices": FC6_CHOICES,
+            "help": "the layer after VGG's last pool: transmap (3x3 + 1x1 conv, the original "
+            "repository's) or conv1x1 (a 1x1 conv, the paper's and mmagic's)",
+        },
+    )
+    upsample: str = field(
+        default="unpool",
+        metadata={"choices": UPSAMPLE_CHOICES, "help": "decoder upsampling"},
+    )
+    skip: str | bool = field(
+        default=False,
+        metadata={
+            "choices": ("none", "add", "concat"),
+            "help": "skip connections from the encoder to the decoder",
+        },
+    )
+    refine: bool = True  # the refine head (stages 2 and 3)
+    refine_add: str = field(
+        default="logit",
+        metadata={
+            "choices": REFINE_ADD_CHOICES,
+            "help": "how the refine head adds its residual (RefineHead)",
+        },
+    )
+
+    def __post_init__(self):
+        skip = "add" if self.skip is True else self.skip
+        object.__setattr__(self, "skip", False if skip in (None, "none") else skip)
+        object.__setattr__(self, "refine", bool(self.refine))
+        checks = (("encoder", tuple(ENCODERS)), ("fc6", FC6_CHOICES),
+                  ("upsample", UPSAMPLE_CHOICES), ("skip", SKIP_CHOICES),
+                  ("refine_add", REFINE_ADD_CHOICES))  # fmt: skip
+        for name, choices in checks:
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | None) -> ModelConfig:
+        """From a checkpoint's ``model_config`` (missing keys: defaults)."""
+        config = dict(config or {})
+        names = {f.name for f in fields(cls)}
+        unknown = set(config) - names
+        if unknown:
+            raise ValueError(
+                f"unknown model config keys {sorted(unknown)}; allowed: {sorted(names)}"
+            )
+        return cls(**config)
+
+    @staticmethod
+    def flags() -> list[Any]:
+        """The fields the trainer's command line sets (``--fc6`` ...)."""
+        return [f for f in fields(ModelConfig) if "help" in f.metadata]
+
+    def flag_value(self, name: str) -> str:
+        """A field as its command-line flag spells it (skip False -> "none")."""
+        value = getattr(self, name)
+        return "none" if value is False else str(value)
+
+
 class DIM(nn.Module):
     """Deep Image Matting: ``model(data) -> (raw_alpha, refined_alpha or None)``.
 
-    Args:
-        fc6: "transmap" (3x3 + 1x1 conv, default) or "conv1x1" (the paper/mmagic layer).
-        upsample: "unpool" (default, encoder's pooling indices), "bilinear" or "deconv".
-        skip: False (default), "add" or "concat" skip connections encoder -> decoder
-            (True means "add").
-        refine: build the refine head (stages 2 and 3 train it).
-        refine_add: "logit" (default) or "clip"; see :class:`RefineHead`.
-
-    ``model.config`` is a plain dict of these arguments; ``build_model(model.config)``
-    rebuilds the same architecture (checkpoints store it).
+    ``DIM(config)`` or ``DIM(**fields)`` (or both: the fields change the config); see
+    :class:`ModelConfig`. ``model.config`` is that config; the model states its ``stride``
+    (inputs are multiples of it) and its ``receptive_field`` (what exact tiling needs).
     """
 
-    def __init__(
-        self,
-        fc6: str = "transmap",
-        upsample: str = "unpool",
-        skip: bool | str = False,
-        refine: bool = True,
-        refine_add: str = "logit",
-    ):
+    def __init__(self, config: ModelConfig | None = None, **changes: Any):
         super().__init__()
-        if skip is True:
-            skip = "add"
-        elif skip is None or skip == "none":
-            skip = False
-        self.config: dict[str, Any] = {
-            "fc6": fc6,
-            "upsample": upsample,
-            "skip": skip,
-            "refine": bool(refine),
-            "refine_add": refine_add,
-        }
-        self.encoder = Encoder(layout.DATA_CHANNELS, fc6=fc6)
+        self.config = replace(config or ModelConfig(), **changes)
+        self.encoder = ENCODERS[self.config.encoder](self.config)
         self.decoder = Decoder(
-            self.encoder.stage_channels, self.encoder.out_channels, upsample=upsample, skip=skip
+            self.encoder.level_channels,
+            self.encoder.out_channels,
+            upsample=self.config.upsample,
+            skip=self.config.skip,
         )
-        self.refine_head = RefineHead(refine_add) if refine else None
+        self.refine_head = RefineHead(self.config.refine_add) if self.config.refine else None
+
+    @property
+    def stride(self) -> int:
+        return self.encoder.stride
+
+    @functools.cached_property
+    def receptive_field(self) -> int:
+        """How far (px, either side) an input pixel can change an output pixel, the most over
+        the ``stride`` phases of the pooling grid. Tiles with at least this much context
+        equal whole-image inference (utils/tiling.py)."""
+
+        def span(lo: int, hi: int) -> tuple[int, int]:
+            if self.refine_head is not None:
+                lo, hi = conv_span(self.refine_head.body, lo, hi)
+            return self.decoder.input_span(self.encoder, lo, hi)
+
+        return max(max(i - lo, hi - i) for i in range(self.stride) for lo, hi in [span(i, i)])
 
     def forward(self, data: Tensor, refine: bool | None = None) -> tuple[Tensor, Tensor | None]:
-        """data (N, 4, H, W), H, W multiples of 32 -> (raw, refined), each (N, 1, H, W) in [0, 1].
+        """data (N, 4, H, W), H, W multiples of ``stride`` -> (raw, refined), each (N, 1, H, W)
+        in [0, 1].
 
         Outputs are float32 even under ``torch.autocast``.
         ``refine=False`` skips the refine head (refined is None), e.g. for stage 1 on a
         model that has one; ``None`` runs it whenever the model has one.
         """
-        check_input(data)
+        check_input(data, self.stride)
         logit = self.decoder(self.encoder(data))
         # float32 sigmoid: under bf16 autocast alpha would otherwise be quantised to ~1/256
         raw = torch.sigmoid(logit.float())
@@ -436,7 +600,7 @@ class DIM(nn.Module):
         return raw, self.refine_head(layout.image(data), logit)
 
 
-def check_input(data: Tensor) -> None:
+def check_input(data: Tensor, multiple: int = MULTIPLE) -> None:
     """Raise a ValueError explaining what is wrong with a model input, if anything."""
     if data.dim() != 4 or data.shape[1] != layout.DATA_CHANNELS:
         raise ValueError(
@@ -444,22 +608,17 @@ def check_input(data: Tensor) -> None:
             f"see data/layout.py), got {tuple(data.shape)}"
         )
     h, w = data.shape[-2:]
-    if h % MULTIPLE or w % MULTIPLE:
+    if h % multiple or w % multiple:
         raise ValueError(
-            f"DIM needs height and width that are multiples of {MULTIPLE}, got {h}x{w}: pad with "
+            f"DIM needs height and width that are multiples of {multiple}, got {h}x{w}: pad with "
             "models.py_encoder_decoder.pad_to_multiple(data) and cut the prediction back with "
             "crop_back(pred, pads) (utils/inference.py does this for whole images)"
         )
 
 
 def build_model(config: Mapping[str, Any] | None = None) -> DIM:
-    """Build a :class:`DIM` from a plain dict such as ``model.config`` (missing keys: defaults)."""
-    config = dict(config or {})
-    allowed = {"fc6", "upsample", "skip", "refine", "refine_add"}
-    unknown = set(config) - allowed
-    if unknown:
-        raise ValueError(f"unknown model config keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return DIM(**config)
+    """Build a :class:`DIM` from a checkpoint's ``model_config`` dict (missing keys: defaults)."""
+    return DIM(ModelConfig.from_dict(config))
 
 
 def count_parameters(module: nn.Module | None) -> int:
@@ -617,7 +776,7 @@ def load_vggbn(model: nn.Module, weights: Any) -> VGGLoadReport:
     for attr in ("module", "_orig_mod"):  # DistributedDataParallel, torch.compile wrappers
         model = getattr(model, attr, model)
     encoder = model.encoder if isinstance(model, DIM) else model
-    if not isinstance(encoder, Encoder):
+    if not isinstance(encoder, VGG16BNEncoder):
         raise TypeError(f"load_vggbn needs a DIM model or its Encoder, got {type(model).__name__}")
     state, source = read_vgg_state_dict(weights)
     expected = {f"features.{k}" for k in _vgg16_bn_features().state_dict()}
@@ -706,7 +865,7 @@ def _self_test() -> int:
             if raw.shape != small[:, :1].shape or (ref is None) == refine:
                 failures.append(f"{fc6}/{up}/{skip}/{refine}: wrong outputs at 32x32")
         with torch.device("meta"):
-            rebuilt = build_model(model.config)
+            rebuilt = build_model(model.config.to_dict())
         shapes = {k: v.shape for k, v in model.state_dict().items()}
         if rebuilt.config != model.config or shapes != {
             k: v.shape for k, v in rebuilt.state_dict().items()

@@ -32,7 +32,7 @@ def random_checkpoint(path: Path, stage: int, seed: int = 0, **model_kwargs) -> 
     """A random-init checkpoint of ``stage`` written the way the trainer writes them."""
     torch.manual_seed(seed)
     model = DIM(refine=stage > 1, **model_kwargs)
-    state = {"model": model.state_dict(), "model_config": model.config, "stage": stage}
+    state = {"model": model.state_dict(), "model_config": model.config.to_dict(), "stage": stage}
     return save_checkpoint(path, {**state, "config": {"lr": 1e-5}, "epoch": 0})
 
 

@@ -287,7 +287,7 @@ def test_recipe_panels_one_row_per_photo_one_tile_per_stage(tmp_path):
         for n in ("GT01", "GT02")
     )  # fmt: skip
     model = DIM(fc6="conv1x1")
-    state = {"model": model.state_dict(), "model_config": model.config, "stage": 1}
+    state = {"model": model.state_dict(), "model_config": model.config.to_dict(), "stage": 1}
     ckpt = save_checkpoint(tmp_path / "s1.pt", {**state, "config": {"infer_scale": 0.5}})
     img = br.panels({"stage 1": ckpt, "again": ckpt}, examples, ["GT02"], height=50)
     assert img.dtype == np.uint8 and img.shape == (50, 5 * 75, 3)  # image, trimap, gt, 2 models

@@ -298,7 +298,7 @@ def test_whole_image_inference_fits_and_equals_exact_tiling(device):
         whole, peak = peak_mb(device, lambda: predict_alpha(model, image, trimap))
         tiled = predict_alpha(model, image, trimap, tile=tile)  # default overlap: exact
     assert whole.std() > 0.05, "test network too flat to show tiling errors"
-    assert exact_overlap(model.config) == 224
+    assert exact_overlap(model.receptive_field) == 224
     np.testing.assert_allclose(tiled, whole, atol=tol, rtol=0)
     if device == "cuda":  # it fitted; the figure is bench_infer's to report
         assert peak < torch.cuda.get_device_properties(0).total_memory / 2**20

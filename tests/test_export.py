@@ -47,7 +47,7 @@ def sharp_model(refine: bool = True) -> DIM:
 def checkpoint(tmp_path_factory) -> Path:
     model = sharp_model()
     path = tmp_path_factory.mktemp("run") / "demo" / "stage2" / "best.pt"
-    state = {"model": model.state_dict(), "model_config": model.config, "stage": 2}
+    state = {"model": model.state_dict(), "model_config": model.config.to_dict(), "stage": 2}
     return save_checkpoint(path, {**state, "config": {}, "epoch": 0})
 
 
@@ -111,7 +111,9 @@ def test_onnxruntime_matches_pytorch_raw_and_refined(checkpoint, exported, h, w)
 def test_metadata_names_repository_config_stage_and_source(checkpoint, exported):
     m = load_onnx_model(exported, stage=2)
     assert m.metadata["repository"] == "deep-image-matting" and m.stage == 2
-    assert m.config == json.loads(m.metadata["model_config"]) == sharp_model().config
+    model = sharp_model()
+    assert m.config == json.loads(m.metadata["model_config"]) == model.config.to_dict()
+    assert (m.receptive_field, m.stride) == (model.receptive_field, model.stride) == (221, 32)
     assert m.metadata["source_checkpoint"] == str(checkpoint)
     with pytest.raises(OnnxModelError, match="stage-2 checkpoint but stage 3"):
         load_onnx_model(exported, stage=3)
@@ -131,7 +133,7 @@ def test_tiled_onnx_inference_equals_whole_image(exported):
 def test_stage1_export_has_only_the_raw_output(tmp_path):
     model = sharp_model(refine=False)
     path = tmp_path / "stage1.onnx"
-    diff = export.export_onnx(model, path, export.onnx_metadata(model.config, 1, "s1.pt"))
+    diff = export.export_onnx(model, path, export.onnx_metadata(model, 1, "s1.pt"))
     assert diff <= 1e-4
     m = load_onnx_model(path)
     assert m.outputs == ("alpha_raw",) and m.stage == 1
@@ -246,7 +248,7 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_export_carries_the_inference_scale_and_onnx_uses_it(tmp_path, inputs):
     model = sharp_model(refine=False)
-    state = {"model": model.state_dict(), "model_config": model.config, "stage": 1}
+    state = {"model": model.state_dict(), "model_config": model.config.to_dict(), "stage": 1}
     ckpt = save_checkpoint(tmp_path / "half.pt", {**state, "config": {"infer_scale": 0.5}})
     out = tmp_path / "half.onnx"
     cmd = [sys.executable, "export.py", "--checkpoint", str(ckpt), "--out", str(out)]

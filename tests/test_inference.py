@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from data import layout
-from models.py_encoder_decoder import DIM
+from models.py_encoder_decoder import (
+    DIM,
+    ENCODERS,
+    EncoderOutput,
+    MattingEncoder,
+    conv_span,
+)
 from utils import device as device_mod
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.device import check_amp
@@ -35,7 +41,7 @@ class PointwiseModel(nn.Module):
         self.scale = nn.Parameter(torch.ones(1))
         self.bn = nn.BatchNorm2d(1)
         self.refine = refine
-        self.config: dict = {}
+        self.receptive_field, self.stride = 0, 32  # per pixel, on VGG's pooling grid
         self.calls: list[tuple[int, int, bool]] = []
 
     def forward(self, data):
@@ -85,11 +91,15 @@ def test_resolve_tile():
     assert resolve_tile((600, 800), 100, 224, None) == 128  # explicit tile, rounded up to 32
 
 
-def test_exact_overlap_per_architecture():
-    assert exact_overlap({"fc6": "transmap", "upsample": "unpool"}) == 224
-    assert exact_overlap({"fc6": "conv1x1", "upsample": "unpool"}) == 192
-    assert exact_overlap({"fc6": "transmap", "upsample": "bilinear"}) == 256
-    assert exact_overlap(DIM(refine=False).config) == 224
+@pytest.mark.parametrize(
+    ("config", "overlap"),
+    [({}, 224), ({"fc6": "conv1x1"}, 192), ({"upsample": "bilinear"}, 256),
+     ({"refine": False}, 224), ({"upsample": "deconv", "skip": "concat"}, 224)],
+)  # fmt: skip
+def test_exact_overlap_per_architecture(config, overlap):
+    with torch.device("meta"):  # the receptive field needs the structure only
+        model = DIM(**config)
+    assert model.stride == 32 and exact_overlap(model.receptive_field, model.stride) == overlap
 
 
 def test_amp_on_cpu_is_bf16_or_off(monkeypatch):
@@ -200,7 +210,7 @@ def sharp_dim():
 @pytest.mark.slow
 def test_tiling_with_exact_overlap_equals_whole_image(sharp_dim):
     model, image, trimap, whole = sharp_dim
-    overlap = exact_overlap(model.config)
+    overlap = exact_overlap(model.receptive_field)
     tiles = plan_tiles(64, 704, 352, overlap)
     assert len(tiles) == 2 and all(t.window[1].stop - t.window[1].start < 704 for t in tiles)
     tiled = predict_alpha(model, image, trimap, tile=352)  # default overlap = exact
@@ -213,7 +223,7 @@ def test_small_overlap_matches_beyond_the_receptive_field(sharp_dim):
     """overlap=64: cores [0, 352) and [352, 704) see windows [0, 416) and [288, 704).
 
     A pixel matches whole-image inference when its window holds its receptive field, i.e.
-    when it is >= 218 px (224 on the 32-px grid) from the window's inner edge: x < 192 and
+    when it is >= 221 px (224 on the 32-px grid) from the window's inner edge: x < 192 and
     x >= 512. In between, zero padding at the cut reaches it, and this net shows it.
     """
     model, image, trimap, whole = sharp_dim
@@ -226,6 +236,72 @@ def test_small_overlap_matches_beyond_the_receptive_field(sharp_dim):
     assert near_seam >= diff[192:224].max()  # errors are largest at the seam
 
 
+class ToyEncoder(MattingEncoder):
+    """A backbone other than VGG, through the interface alone: five levels of one 3x3 conv
+    (8 channels) and a 2x2 max-pool, then a 3x3 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.level_channels, self.out_channels = [8] * 5, 8
+        self.levels = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(4 if i == 0 else 8, 8, 3, padding=1), nn.ReLU())
+            for i in range(5)
+        )
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.last = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        indices, sizes, features = [], [], []
+        for level in self.levels:
+            x = level(x)
+            features.append(x)
+            sizes.append(x.shape[-2:])
+            x, idx = self.pool(x)
+            indices.append(idx)
+        return EncoderOutput(self.last(x), indices, sizes, features)
+
+    def input_span(self, level, lo, hi):
+        if level == len(self.levels):
+            lo, hi = conv_span(self.last, lo, hi)
+            lo, hi, level = 2 * lo, 2 * hi + 1, level - 1
+        for lev in range(level, -1, -1):
+            lo, hi = conv_span(self.levels[lev], lo, hi)
+            if lev > 0:
+                lo, hi = 2 * lo, 2 * hi + 1
+        return lo, hi
+
+
+@pytest.mark.slow
+def test_a_toy_encoder_plugs_in_and_tiles_exactly(monkeypatch):
+    """A new backbone is one class: registered, it builds through ModelConfig, states its
+    receptive field (no input pixel outside it moves an output pixel, at any of the 32
+    phases), and tiles with the overlap derived from it equal whole-image inference."""
+    monkeypatch.setitem(ENCODERS, "toy", lambda config: ToyEncoder())
+    torch.manual_seed(0)
+    model = DIM(encoder="toy", skip="concat").eval()
+    assert isinstance(model.encoder, ToyEncoder) and model.stride == 32
+    rf = model.receptive_field
+    assert 0 < rf < 221  # smaller than VGG's, and not the VGG figure
+    x = torch.randn(1, 4, 64, 1024, requires_grad=True)
+    _, refined = model(x)
+    for phase in range(32):  # gradients reach no farther than the stated field
+        (grad,) = torch.autograd.grad(refined[0, 0, 32, 480 + phase], x, retain_graph=True)
+        cols = grad.abs().sum(dim=(0, 1, 2)).nonzero().flatten()
+        assert 480 + phase - cols.min() <= rf and cols.max() - 480 - phase <= rf
+    with torch.no_grad():
+        model.decoder.pred.weight.mul_(1000.0)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (64, 704, 3), dtype=np.uint8)
+    trimap = np.full((64, 704), 128, np.uint8)
+    whole = predict_alpha(model, image, trimap)
+    assert whole.std() > 0.05
+    tiled = predict_alpha(model, image, trimap, tile=352)  # overlap: exact_overlap(rf)
+    # float rounding only (the x1000 last layer makes it ~2e-5 here)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
+    thin = predict_alpha(model, image, trimap, tile=352, overlap=64)
+    assert np.abs(thin - whole).max() > 1e-3  # too little context shows: the check can fail
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -234,7 +310,11 @@ def run_dir(tmp_path_factory):
     torch.manual_seed(0)
     for stage, refine in ((1, False), (2, True)):
         model = DIM(fc6="conv1x1", refine=refine)
-        state = {"model": model.state_dict(), "model_config": model.config, "stage": stage}
+        state = {
+            "model": model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "stage": stage,
+        }
         save_checkpoint(root / "demo" / f"stage{stage}" / "best.pt", {**state, "config": {}})
     return root
 
@@ -345,7 +425,7 @@ def test_inference_scale_is_checked_and_tiny_images_are_not_shrunk():
 
 def test_checkpoint_carries_the_inference_scale(tmp_path):
     model = DIM(fc6="conv1x1")
-    state = {"model": model.state_dict(), "model_config": model.config, "stage": 1}
+    state = {"model": model.state_dict(), "model_config": model.config.to_dict(), "stage": 1}
     save_checkpoint(tmp_path / "a.pt", {**state, "config": {"infer_scale": 0.5}})
     save_checkpoint(tmp_path / "b.pt", {**state, "config": {}})  # older checkpoints: 1
     assert load_model_for_inference(tmp_path / "a.pt")[0].infer_scale == 0.5

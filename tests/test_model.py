@@ -131,14 +131,15 @@ def test_bad_options_are_rejected(bad):
 
 def test_config_round_trip():
     model = DIM(fc6="conv1x1", upsample="deconv", skip=True, refine=False)
-    assert model.config == {
+    assert model.config.to_dict() == {
+        "encoder": "vgg16_bn",
         "fc6": "conv1x1",
         "upsample": "deconv",
         "skip": "add",
         "refine": False,
         "refine_add": "logit",
     }
-    rebuilt = build_model(dict(model.config))
+    rebuilt = build_model(model.config.to_dict())
     rebuilt.load_state_dict(model.state_dict())  # same architecture: strict load works
     with pytest.raises(ValueError, match="unknown model config keys"):
         build_model({"fc7": 1})

@@ -311,6 +311,8 @@ def test_trimap_without_unknown_pixels_never_runs_the_network():
     from utils.inference import predict_alpha
 
     class Boom(torch.nn.Module):
+        receptive_field, stride = 221, 32
+
         def forward(self, x):
             raise AssertionError("the network must not run")
 

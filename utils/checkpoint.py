@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors and builtins, so it loads with
 ``torch.load(..., weights_only=True)`` and a downloaded file cannot run code:
 
     model         model state dict (no DDP/compile prefixes)
-    model_config  dict of the DIM constructor arguments (models.py_encoder_decoder.build_model)
+    model_config  the architecture, models.py_encoder_decoder.ModelConfig.to_dict()
     stage         1, 2 or 3
     config        the full training configuration (argparse namespace as a dict)
     epoch, iteration, best_sad

@@ -29,12 +29,16 @@ from typing import Any
 import numpy as np
 
 from data import layout
-from utils.tiling import predict_with
+from utils.tiling import STRIDE, predict_with
 
 REPOSITORY = "deep-image-matting"  # pyproject.toml's project name
 FORMAT = "1"  # bump when the graph's inputs/outputs or the metadata change meaning
 INPUT = "x"
 OUTPUT_RAW, OUTPUT_REFINED = "alpha_raw", "alpha_refined"
+# Tile context for a file that does not state its model's receptive field: more than any
+# architecture models/py_encoder_decoder.py builds needs (the widest, bilinear upsampling with
+# fc6 "transmap", needs 252 px).
+RECEPTIVE_FIELD_UNKNOWN = 256
 EXPORT_HINT = "export one with `python export.py --checkpoint runs/NAME --out model.onnx`"
 
 
@@ -57,6 +61,8 @@ class OnnxMatting:
     stage: int | None = None
     outputs: tuple[str, ...] = (OUTPUT_RAW,)
     infer_scale: float = 1.0  # the scale the model was validated at (utils.tiling.at_scale)
+    receptive_field: int = RECEPTIVE_FIELD_UNKNOWN  # DIM.receptive_field (exact tiling)
+    stride: int = STRIDE  # DIM.stride (padding, tile grid)
 
     def describe(self) -> str:
         """One line for logs and NAME_method.txt: the file, its stage and its source."""
@@ -96,7 +102,8 @@ class OnnxMatting:
             self._alpha,
             image_u8,
             trimap_u8,
-            config=self.config,
+            receptive_field=self.receptive_field,
+            stride=self.stride,
             tile=tile,
             overlap=overlap,
             max_side=max_side,
@@ -171,6 +178,8 @@ def load_onnx_model(
         config = json.loads(metadata.get("model_config", "{}"))
         got_stage = int(metadata["stage"]) if metadata.get("stage") else None
         infer_scale = float(metadata.get("infer_scale") or 1.0)
+        receptive_field = int(metadata.get("receptive_field") or RECEPTIVE_FIELD_UNKNOWN)
+        stride = int(metadata.get("stride") or STRIDE)
     except ValueError as e:
         raise OnnxModelError(
             f"{path}: unreadable metadata ({_first_line(e)}); {EXPORT_HINT}"
@@ -180,4 +189,6 @@ def load_onnx_model(
             f"{path} was exported from a stage-{got_stage} checkpoint but stage {stage} was "
             "asked for; export the right checkpoint or drop --stage"
         )
-    return OnnxMatting(path, session, metadata, config, got_stage, outputs, infer_scale)
+    return OnnxMatting(
+        path, session, metadata, config, got_stage, outputs, infer_scale, receptive_field, stride
+    )

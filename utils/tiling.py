@@ -23,14 +23,16 @@ grid of the whole image. A pixel's output therefore equals whole-image inference
 window holds its whole receptive field; differences come only from the zero padding at a
 window's inner edges and shrink with the distance to that edge.
 
-How much overlap makes tiling exact: an interval analysis of the network (every conv,
-pool, unpool index and decoder level, at each of the 32 pixel phases) gives a receptive field
-of at most 218 px on each side for the default architecture (fc6 "transmap", "unpool"
-upsampling), 186 px with fc6 "conv1x1", and at most 32 px more with "bilinear" upsampling.
-:func:`exact_overlap` rounds these up to multiples of 32 (224 / 192 / +32). With that
+How much overlap makes tiling exact: the model states it. ``DIM.receptive_field`` follows
+one output pixel back through every conv, pool, pooling index, skip and upsampling of the
+network (at each of the ``stride`` pixel phases of the pooling grid) to the input pixels it
+depends on: 221 px on either side for the default architecture (fc6 "transmap", "unpool"
+upsampling, refine head), 189 px with fc6 "conv1x1", 252 px with "bilinear" upsampling.
+:func:`exact_overlap` rounds it up to a multiple of the stride (224 / 192 / 256). With that
 overlap - the default - tiled inference equals whole-image inference everywhere, up to float
-rounding (``tests/test_inference.py`` checks it); a smaller ``overlap`` is faster and differs
-only within (required - overlap) px of a seam, by an amount that depends on the weights.
+rounding (``tests/test_inference.py`` checks it, also for a toy encoder); a smaller
+``overlap`` is faster and differs only within (required - overlap) px of a seam, by an
+amount that depends on the weights.
 
 ``max_side=N`` tiles automatically when the image's long side exceeds N, with windows no
 larger than N x N (memory figures: :mod:`utils.inference`).
@@ -57,7 +59,7 @@ import numpy as np
 from data import layout
 from utils.image_io import MAX_PIXELS
 
-STRIDE = 32  # total down-sampling of the encoder (five 2x2 max-pools)
+STRIDE = 32  # the pooling grid of VGG16-BN (five 2x2 max-pools); models state their own
 DEFAULT_MAX_SIDE = 1600  # the CLIs' default: windows of <= 1600 x 1600 px (~4 GB on CPU)
 
 
@@ -138,29 +140,25 @@ def round_up(x: int, m: int = STRIDE) -> int:
     return int(math.ceil(x / m) * m)
 
 
-def exact_overlap(config: dict | None = None) -> int:
-    """Context (px, a multiple of 32) a tile needs for tiled == whole-image inference.
-
-    ``config`` is ``model.config`` (fc6, upsample, ...); see the module docstring for where
-    the numbers come from: 218 px of receptive field for fc6 "transmap", 186 for "conv1x1",
-    up to 32 px more with bilinear upsampling, each rounded up to a multiple of 32.
-    """
-    config = config or {}
-    overlap = 192 if config.get("fc6") == "conv1x1" else 224
-    return overlap + (32 if config.get("upsample") == "bilinear" else 0)
+def exact_overlap(receptive_field: int, stride: int = STRIDE) -> int:
+    """Context (px, a multiple of ``stride``) a tile needs for tiled == whole-image inference:
+    the model's ``receptive_field`` rounded up."""
+    return round_up(receptive_field, stride)
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+def plan_tiles(
+    height: int, width: int, tile: int, overlap: int, stride: int = STRIDE
+) -> list[Tile]:
     """Cut a padded (height, width) image into cores of ``tile`` px with ``overlap`` context.
 
-    ``height``, ``width``, ``tile`` and ``overlap`` must be multiples of 32, so every window
-    starts on the encoder's pooling grid. Cores partition the image exactly (the last row and
+    ``height``, ``width``, ``tile`` and ``overlap`` must be multiples of ``stride``, so every
+    window starts on the encoder's pooling grid. Cores partition the image exactly (the last row and
     column of cores may be smaller); windows are cores grown by ``overlap`` on each side and
     clipped to the image.
     """
     for name, v in (("height", height), ("width", width), ("tile", tile), ("overlap", overlap)):
-        if v % STRIDE or v < 0 or (name != "overlap" and v == 0):
-            raise ValueError(f"{name}={v} must be a positive multiple of {STRIDE}")
+        if v % stride or v < 0 or (name != "overlap" and v == 0):
+            raise ValueError(f"{name}={v} must be a positive multiple of {stride}")
     tiles = []
     for y0 in range(0, height, tile):
         y1 = min(y0 + tile, height)
@@ -173,7 +171,11 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
 
 
 def resolve_tile(
-    shape: tuple[int, int], tile: int | None, overlap: int, max_side: int | None
+    shape: tuple[int, int],
+    tile: int | None,
+    overlap: int,
+    max_side: int | None,
+    stride: int = STRIDE,
 ) -> int | None:
     """The core size to use for an (H, W) image, or None for whole-image inference.
 
@@ -184,12 +186,12 @@ def resolve_tile(
     if tile is not None:
         if tile <= 0:
             raise ValueError(f"tile={tile} must be positive")
-        return round_up(tile)
+        return round_up(tile, stride)
     if max_side is None or max(shape) <= max_side:
         return None
     if max_side <= 0:
         raise ValueError(f"max_side={max_side} must be positive")
-    return max(STRIDE, (max_side - 2 * overlap) // STRIDE * STRIDE)
+    return max(stride, (max_side - 2 * overlap) // stride * stride)
 
 
 def force_known(alpha: np.ndarray, trimap_u8: np.ndarray) -> np.ndarray:
@@ -260,6 +262,7 @@ def infer_padded(
     data: np.ndarray,
     core: int | None,
     overlap: int,
+    stride: int = STRIDE,
 ) -> np.ndarray:
     """Pad ``data`` (4, H, W) float32 to multiples of 32, run ``forward`` on the whole image or
     on the windows of :func:`plan_tiles` (cores of ``core`` px, ``overlap`` px of context; None:
@@ -268,14 +271,14 @@ def infer_padded(
     ``forward`` maps a padded window (1, 4, h, w) float32 (C-contiguous) to alpha (h, w)
     float32. The caller should hold no other reference to ``data``: it is dropped once padded.
     """
-    padded, pads = pad_to_multiple(data, STRIDE)
+    padded, pads = pad_to_multiple(data, stride)
     del data  # the unpadded copy is not needed any more (a 4000x3000 image: ~190 MB)
     hp, wp = padded.shape[-2:]
     if core is None or (core >= hp and core >= wp):
         out = forward(padded[None])
     else:
         out = np.empty((hp, wp), dtype=np.float32)
-        for t in plan_tiles(hp, wp, core, overlap):
+        for t in plan_tiles(hp, wp, core, overlap, stride):
             window = np.ascontiguousarray(padded[(slice(None), *t.window)])[None]
             out[t.core] = forward(window)[t.inner]
     return np.ascontiguousarray(crop_back(out, pads), dtype=np.float32)
@@ -286,7 +289,8 @@ def predict_with(
     image_u8: np.ndarray,
     trimap_u8: np.ndarray,
     *,
-    config: dict | None = None,
+    receptive_field: int,
+    stride: int = STRIDE,
     tile: int | None = None,
     overlap: int | None = None,
     max_side: int | None = None,
@@ -294,8 +298,8 @@ def predict_with(
 ) -> np.ndarray:
     """Everything around one network call, for both back-ends: check the inputs, skip the
     network when nothing is unknown, shrink by ``scale`` (:func:`at_scale`), build ``data``,
-    pad and tile (:func:`infer_padded`; ``overlap`` None = :func:`exact_overlap` of
-    ``config``), and set the known pixels.
+    pad to multiples of the model's ``stride`` and tile (:func:`infer_padded`; ``overlap``
+    None = :func:`exact_overlap` of the model's ``receptive_field``), and set the known pixels.
 
     ``forward``: padded window (1, 4, h, w) float32 -> alpha (h, w) float32.
     image_u8 (H, W, 3) RGB uint8, trimap_u8 (H, W) in {0, 128, 255} -> float32 (H, W) in
@@ -306,13 +310,14 @@ def predict_with(
     check_inputs(image_u8, trimap_u8)
     if not (trimap_u8 == layout.TRIMAP_UNKNOWN).any():  # nothing to infer: no network input
         return force_known(np.zeros(trimap_u8.shape, np.float32), trimap_u8)
-    overlap = round_up(max(0, exact_overlap(config) if overlap is None else overlap))
+    if overlap is None:
+        overlap = exact_overlap(receptive_field, stride)
+    overlap = round_up(max(0, overlap), stride)
 
     def run(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        core = resolve_tile(trimap.shape, tile, overlap, max_side)
-        return force_known(
-            infer_padded(forward, layout.make_data(image, trimap), core, overlap), trimap
-        )
+        core = resolve_tile(trimap.shape, tile, overlap, max_side, stride)
+        data = layout.make_data(image, trimap)
+        return force_known(infer_padded(forward, data, core, overlap, stride), trimap)
 
     return at_scale(run, image_u8, trimap_u8, scale)
 
