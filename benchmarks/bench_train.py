@@ -352,7 +352,7 @@ def make_trainer(argv: list[str]):
             trainer = tr.Trainer(cfg)
     except tr.TrainerError as e:  # the training script's user-facing errors
         raise RuntimeError(f"train_encoder_decoder.Trainer({' '.join(argv)}): {e}") from e
-    trainer.train_mode()
+    trainer.stage.train_mode(trainer.model)
     return trainer
 
 
@@ -528,11 +528,10 @@ def end_to_end(
     (``model_only_interleaved_samples_per_s``); the loader-fed rate then counts the
     loader-fed steps and their waits only.
     """
-    trainer.sampler.set_epoch(0)
-    trainer.sampler.skip_batches = 0
-    trainer.sampler.max_batches = None
-    trainer.train_set.set_epoch(0)
-    trainer.train_mode()
+    from data.loader import start_epoch
+
+    start_epoch(trainer.loader, epoch=0, done_batches=0, max_batches=None)
+    trainer.stage.train_mode(trainer.model)
     total = s.e2e_warmup + s.e2e_steps
     if len(trainer.loader) < total:
         raise RuntimeError(f"benchmark set too small: {len(trainer.loader)} < {total} batches")

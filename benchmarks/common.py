@@ -9,7 +9,6 @@ Nothing here imports project code, so any ``benchmarks/bench_*.py`` can use it.
     write_json(path, obj)     atomic JSON write; NaN/inf become null (strict JSON)
     markdown_table(head, rows) a GitHub-flavoured Markdown table as one string
     verdict(ok)               "met" / "NOT met" / "-" for a target
-    OneLineParser             argparse parser whose usage errors are one line (exit status 2)
     parse_size(text)          "WxH" -> (W, H), for --size flags
 """
 
@@ -268,13 +267,6 @@ def markdown_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line naming the flag (exit status 2), not the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_size(text: str) -> tuple[int, int]:

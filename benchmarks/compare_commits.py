@@ -30,6 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
+from utils.cli import OneLineParser
 
 
 class CompareError(RuntimeError):
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
-    p = common.OneLineParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True, help="revision to compare against")
     p.add_argument("--head", default="HEAD")
     p.add_argument("--rounds", type=int, default=3)

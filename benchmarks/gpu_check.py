@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
+from benchmarks import summary as suite
 
 ROOT = common.ROOT
 REQUIRE_CUDA_ENV = "DIM_REQUIRE_CUDA"  # tests/conftest.py: cuda tests fail instead of skipping
@@ -449,8 +450,6 @@ def slug(name: str) -> str:
 
 def merge_benchmarks(results: dict[str, dict | None], args, dry: bool) -> dict:
     """One object of ``python -m benchmarks --json``'s schema from the per-module runs."""
-    from benchmarks import __main__ as suite
-
     done = {name: res for name, res in results.items() if res is not None}
     benches = {}
     for name in BENCH_PARTS:

@@ -29,7 +29,6 @@ import argparse
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -250,79 +249,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-visdom", action="store_true", help="write the grid to --out only")
     args = p.parse_args(argv)
     # Self-test only: the dataset itself needs none of these (nor the visualisation layer).
-    from data.demo import make_demo_folder
-    from data.trainval import synthetic_root
+    from data.synthetic import ensure_synthetic
     from utils.visualization import Visualizer
 
-    tmp = None
     root = args.root
     if root is None and not args.fg_dir:
-        root = synthetic_root()
-        if root is None:
-            tmp = tempfile.TemporaryDirectory(prefix="dim_demo_")
-            root = make_demo_folder(tmp.name)
+        root = ensure_synthetic()
         print(f"data: built-in set at {root}")
-    try:
-        if root is not None:
-            lay = find_layout(root, args.bg_dir)
-            fg_dirs, alpha_dirs, bg_dir = lay.fg_dirs, lay.alpha_dirs, lay.bg_dir
-            fg_names, bg_names = args.fg_names or lay.fg_names, args.bg_names or lay.bg_names
-        else:
-            fg_dirs, alpha_dirs, bg_dir = args.fg_dir, args.alpha_dir, args.bg_dir
-            fg_names, bg_names = args.fg_names, args.bg_names
-        t0 = time.perf_counter()
-        sources = find_sources(fg_dirs, alpha_dirs, bg_dir, fg_names=fg_names, bg_names=bg_names)
-        ds = AdobeDataset(
-            sources,
-            crop_size=args.size,
-            seed=args.seed,
-            cache=not args.no_cache,
-            cache_dir=Path(tmp.name) / "cache" if tmp and not args.cache_dir else args.cache_dir,
-        )
-        print(f"{ds}\nset up in {time.perf_counter() - t0:.1f} s")
-        idx = np.random.default_rng(args.seed).choice(
-            len(ds), size=args.n, replace=args.n > len(ds)
-        )
-        samples, failures = [], 0
-        t0 = time.perf_counter()
-        for i in idx:
-            samples.append(ds[int(i)])
-        dt = time.perf_counter() - t0
-        for i, (data, label) in zip(idx, samples, strict=True):
-            problems = check_sample(data, label, args.size)
-            if problems:
-                failures += 1
-                print(f"sample {i}: " + "; ".join(problems))
-        data = torch.stack([d for d, _ in samples])
-        label = torch.stack([lb for _, lb in samples])
-        print(f"data  {tuple(data.shape)} float32   label {tuple(label.shape)} float32")
-        for name, x in (
-            ("image (normalised)", layout.image(data)),
-            ("trimap (scaled)", layout.trimap(data)),
-            ("bg", layout.bg(label)),
-            ("fg", layout.fg(label)),
-            ("merged", layout.merged(label)),
-            ("alpha", layout.alpha(label)),
-            ("mask", layout.mask(label)),
-        ):
-            print(f"  {name:20s} min {x.min().item():8.3f}  max {x.max().item():8.3f}")
-        print(f"unknown fraction {layout.mask(label).mean().item():.3f}")
-        rate = args.n / dt
-        print(f"{args.n} samples in {dt:.2f} s: {rate:.1f} samples/s (one process)")
-        with Visualizer(args.out, env="data-selftest", server=args.visdom_server,
-                        port=args.visdom_port, enabled=not args.no_visdom) as viz:  # fmt: skip
-            out = viz.image(0, "samples", sample_grid(samples[:8]))
-            viz.scalars(0, {"samples_per_s": rate}, "speed")
-            viz.text("data self-test", f"{ds!r}\n{args.n} samples, {rate:.1f} samples/s")
-        print(f"grid (image | trimap | alpha | fg | bg) written to {out}")
-        if failures:
-            print(f"FAILED: {failures} of {args.n} samples have problems")
-            return 1
-        print(f"OK: composite identity and ranges hold on all {args.n} samples")
-        return 0
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    if root is not None:
+        lay = find_layout(root, args.bg_dir)
+        fg_dirs, alpha_dirs, bg_dir = lay.fg_dirs, lay.alpha_dirs, lay.bg_dir
+        fg_names, bg_names = args.fg_names or lay.fg_names, args.bg_names or lay.bg_names
+    else:
+        fg_dirs, alpha_dirs, bg_dir = args.fg_dir, args.alpha_dir, args.bg_dir
+        fg_names, bg_names = args.fg_names, args.bg_names
+    t0 = time.perf_counter()
+    sources = find_sources(fg_dirs, alpha_dirs, bg_dir, fg_names=fg_names, bg_names=bg_names)
+    ds = AdobeDataset(
+        sources,
+        crop_size=args.size,
+        seed=args.seed,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+    )
+    print(f"{ds}\nset up in {time.perf_counter() - t0:.1f} s")
+    idx = np.random.default_rng(args.seed).choice(len(ds), size=args.n, replace=args.n > len(ds))
+    samples, failures = [], 0
+    t0 = time.perf_counter()
+    for i in idx:
+        samples.append(ds[int(i)])
+    dt = time.perf_counter() - t0
+    for i, (data, label) in zip(idx, samples, strict=True):
+        problems = check_sample(data, label, args.size)
+        if problems:
+            failures += 1
+            print(f"sample {i}: " + "; ".join(problems))
+    data = torch.stack([d for d, _ in samples])
+    label = torch.stack([lb for _, lb in samples])
+    print(f"data  {tuple(data.shape)} float32   label {tuple(label.shape)} float32")
+    for name, x in (
+        ("image (normalised)", layout.image(data)),
+        ("trimap (scaled)", layout.trimap(data)),
+        ("bg", layout.bg(label)),
+        ("fg", layout.fg(label)),
+        ("merged", layout.merged(label)),
+        ("alpha", layout.alpha(label)),
+        ("mask", layout.mask(label)),
+    ):
+        print(f"  {name:20s} min {x.min().item():8.3f}  max {x.max().item():8.3f}")
+    print(f"unknown fraction {layout.mask(label).mean().item():.3f}")
+    rate = args.n / dt
+    print(f"{args.n} samples in {dt:.2f} s: {rate:.1f} samples/s (one process)")
+    with Visualizer(args.out, env="data-selftest", server=args.visdom_server,
+                    port=args.visdom_port, enabled=not args.no_visdom) as viz:  # fmt: skip
+        out = viz.image(0, "samples", sample_grid(samples[:8]))
+        viz.scalars(0, {"samples_per_s": rate}, "speed")
+        viz.text("data self-test", f"{ds!r}\n{args.n} samples, {rate:.1f} samples/s")
+    print(f"grid (image | trimap | alpha | fg | bg) written to {out}")
+    if failures:
+        print(f"FAILED: {failures} of {args.n} samples have problems")
+        return 1
+    print(f"OK: composite identity and ranges hold on all {args.n} samples")
+    return 0
 
 
 if __name__ == "__main__":

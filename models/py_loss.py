@@ -10,10 +10,10 @@ averaged over the unknown-region pixels of the whole batch (the composition also
 [0, 1] here, so both terms are on the same scale. The total is w_alpha * L_a + w_comp * L_c
 (paper: 0.5 / 0.5).
 
-The per-pixel square root is what makes this a robust (L1-like) loss with a smooth minimum;
-the repository this project descends from took a global L2 norm, swapped fg and bg, and let
-signed errors cancel -- none of that here. A batch without unknown pixels gives exactly 0
-(not NaN), still connected to the graph so ``backward()`` works.
+The per-pixel square root is what makes this a robust (L1-like) loss with a smooth minimum:
+each pixel's error counts on its own (no global L2 norm, no signed errors that cancel). A
+batch without unknown pixels gives exactly 0 (not NaN), still connected to the graph so
+``backward()`` works.
 
 All arithmetic is float32, also when the prediction comes out of bf16/fp16 autocast.
 Run ``python models/py_loss.py`` for the self-test.
@@ -98,9 +98,10 @@ class DIMLoss(nn.Module):
     """``(pred, label) -> (total, {"alpha": L_a, "comp": L_c})`` from a ``label`` batch.
 
     ``label`` is (N, 11, H, W) as in data/layout.py. total = w_alpha * L_a + w_comp * L_c.
-    Stage 1 uses 0.5 / 0.5 (the paper); stages 2 and 3 use the alpha loss alone (w_comp=0):
-    then the composition is not part of the loss and its value is still computed, without
-    gradient, for the logs (a few element-wise ops, negligible next to the network).
+    Each stage's weights are in its record (models/stages.py: stages 1 and 3 0.5 / 0.5 as
+    the paper, stage 2 the alpha loss alone). With w_comp = 0 the composition is not part of
+    the loss; its value is still computed, without gradient, for the logs (a few
+    element-wise ops, negligible next to the network).
     """
 
     def __init__(self, w_alpha: float = 0.5, w_comp: float = 0.5, eps: float = EPS):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from benchmarks import __main__ as suite
-from benchmarks import bench_train, common
+from benchmarks import bench_train, common, summary
 from models.py_encoder_decoder import DIM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_peak_bf16_lookup(name, expected):
 def test_unknown_gpu_peak_is_a_pending_row_never_a_guess():
     res = {"device": "cuda", "device_name": "Some Future GPU", "size": 320, "rows": []}
     res.update(default_variant="bf16_cl", flops_per_sample={}, peak_bf16_tflops=None)
-    rows = suite.train_rows(res)
+    rows = summary.train_rows(res)
     assert any("dense bf16 peak" in r[0] and r[-1] == "pending" for r in rows), rows
     assert any("--peak-tflops" in r[1] for r in rows)
 
@@ -108,12 +108,12 @@ def test_run_one_turns_failures_into_error_rows(tmp_path, monkeypatch):
 
 
 def test_table_has_error_and_pending_rows():
-    table = suite.build_table({"data": {"error": "boom"}, "train": {"rows": "bad"}}, cuda=False)
+    table = summary.build_table({"data": {"error": "boom"}, "train": {"rows": "bad"}}, cuda=False)
     assert ["data", "ERROR", "boom", "", "error"] in table
     assert any(r[0] == "train" and r[-1] == "error" for r in table)  # unreadable result
     assert any(r[0] == "train" and r[-1] == "pending" for r in table)
-    assert all(len(r) == len(suite.TABLE_HEAD) for r in table)
-    text = common.markdown_table(suite.TABLE_HEAD, table)
+    assert all(len(r) == len(summary.TABLE_HEAD) for r in table)
+    text = common.markdown_table(summary.TABLE_HEAD, table)
     assert text.count("\n") == len(table) + 1
 
 
@@ -159,7 +159,7 @@ def test_quick_suite_writes_the_json_schema(tmp_path):
     datetime.fromisoformat(m["date"])
     assert is_positive(res["seconds"]["total"])
     assert set(res["benchmarks"]) == {"data", "metrics", "train", "infer", "export"}
-    assert res["table"] and all(set(r) == set(suite.TABLE_HEAD) for r in res["table"])
+    assert res["table"] and all(set(r) == set(summary.TABLE_HEAD) for r in res["table"])
     assert all(isinstance(v, str) for r in res["table"] for v in r.values())
 
     b = res["benchmarks"]

@@ -17,6 +17,7 @@ import torch
 
 import train_encoder_decoder as tr
 from data.synthetic import ensure_synthetic
+from tests.faults import FAULT_ENV, fault_callbacks
 from tests.helpers import TINY_SYNTHETIC
 from utils import runlock
 from utils.checkpoint import load_checkpoint
@@ -61,18 +62,17 @@ def last(runs: Path, name: str = "dim") -> dict:
 
 # --- one process: SIGTERM, then the same command again -----------------------------------------
 @pytest.mark.slow
-def test_sigterm_then_same_command_resumes_bit_exact(tiny_root, tmp_path, monkeypatch):
+def test_sigterm_then_same_command_resumes_bit_exact(tiny_root, tmp_path):
     runs = tmp_path / "runs"
     assert tr.main(argv(tiny_root, runs, "--run-name", "ref")) == 0  # auto: nothing to resume
     args = argv(tiny_root, runs)
     # Preempted twice (mid-epoch 1; in epoch 2, where the step under way completes first),
     # requeued with the same command line each time.
     for fault, after in (("step:2:TERM", 2), ("forward:5:TERM", 5)):
-        monkeypatch.setenv(tr.FAULT_ENV, fault)
-        assert tr.main(args) == 143, fault  # 128 + SIGTERM: "terminated", requeue me
+        code = tr.main(args, callbacks=fault_callbacks(fault))
+        assert code == 143, fault  # 128 + SIGTERM: "terminated", requeue me
         assert last(runs)["iteration"] == after
         assert not (runs / "dim" / "stage1" / runlock.LOCK_NAME).exists(), "lock released"
-    monkeypatch.delenv(tr.FAULT_ENV)
     assert tr.main(args) == 0
     got, ref = last(runs), last(runs, "ref")
     assert_same_training(ref, got, "requeued run")
@@ -83,7 +83,7 @@ def test_sigterm_then_same_command_resumes_bit_exact(tiny_root, tmp_path, monkey
 def torchrun(launch: list[str], args: list[str], out: Path, env: dict | None = None, **kw):
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, str(ENTRY), *args]
-    full_env = {k: v for k, v in os.environ.items() if k != tr.FAULT_ENV}
+    full_env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
     full_env.update(DIM_TEST_OUT=str(out), OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.Popen(
         cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -124,7 +124,7 @@ def test_ddp_sigterm_then_same_command_resumes_bit_exact(tiny_root, ddp_referenc
     base, ref = ddp_reference
     runs = base / "runs_term"
     args = argv(tiny_root, runs)
-    fault = {tr.FAULT_ENV: "step:2:TERM:1"}  # the scheduler's signal reaches rank 1 only
+    fault = {FAULT_ENV: "step:2:TERM:1"}  # the scheduler's signal reaches rank 1 only
     code, log = finish(torchrun(STANDALONE, args, base / "out_term", fault))
     assert code != 0, log[-3000:]
     assert "SIGTERM: stopped after iteration 2" in log, log[-3000:]
@@ -143,7 +143,7 @@ def test_elastic_restart_after_a_worker_dies(tiny_root, ddp_reference):
     base, ref = ddp_reference
     runs = base / "runs_elastic"
     launch = [*STANDALONE, "--max-restarts", "1"]
-    fault = {tr.FAULT_ENV: "step:3:KILL:1"}
+    fault = {FAULT_ENV: "step:3:KILL:1"}
     code, log = finish(torchrun(launch, argv(tiny_root, runs, "--save-every", "1"),
                                 base / "out_elastic", fault))  # fmt: skip
     assert code == 0, log[-4000:]

@@ -125,7 +125,7 @@ def test_mixed_precision_steps_train_and_the_scaler_resumes(tiny_root, tmp_path,
     # fp16 starts at a loss scale of 65536 and skips the steps whose gradients overflow while
     # the scale comes down: CUDA steps are cheap, so give it more of them.
     steps = 6 if device == "cpu" else 12
-    losses = [t.train_step(data, label)[0]["total"] for _ in range(steps)]
+    losses = [t.train_step(data, label)[0]["total"].item() for _ in range(steps)]
     assert all(math.isfinite(x) for x in losses), losses
     assert losses[-1] < 0.9 * losses[0], f"{amp} loss did not fall: {losses}"
     assert all(p.dtype == torch.float32 for p in t.model.parameters())
@@ -139,7 +139,7 @@ def test_mixed_precision_steps_train_and_the_scaler_resumes(tiny_root, tmp_path,
     assert ck["scaler"] == scaler and ck["iteration"] == steps
     resumed = make_trainer(tiny_root, runs, device, stage, "--amp", amp, "--resume")
     assert resumed.iteration == steps and resumed.scaler.state_dict() == scaler
-    after = resumed.train_step(data, label)[0]["total"]
+    after = resumed.train_step(data, label)[0]["total"].item()
     assert math.isfinite(after) and after < losses[0]
 
 
@@ -197,7 +197,7 @@ def test_channels_last_and_compile_agree_with_the_eager_step(tiny_root, tmp_path
             if name == "channels_last":
                 assert raw.is_contiguous(memory_format=torch.channels_last)
             grads = [p.grad.detach().cpu() for p in t.model.parameters() if p.requires_grad]
-            results[name] = (losses["total"], raw.detach().float().cpu(), grads)
+            results[name] = (losses["total"].item(), raw.detach().float().cpu(), grads)
     (loss, alpha, grads), (v_loss, v_alpha, v_grads) = results["eager"], results[variant]
     assert v_loss == pytest.approx(loss, rel=tol)
     assert (v_alpha - alpha).abs().max().item() <= tol

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import __main__ as suite
-from benchmarks import gpu_check
+from benchmarks import gpu_check, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_dry_run_end_to_end_writes_the_suite_schema(tmp_path):
     assert res["schema"] == suite.SCHEMA_VERSION and res["errors"] == []
     assert set(res["benchmarks"]) == {"train", "infer", "data"}
     assert all("error" not in b for b in res["benchmarks"].values())
-    assert all(set(r) == set(suite.TABLE_HEAD) for r in res["table"])
+    assert all(set(r) == set(summary.TABLE_HEAD) for r in res["table"])
     assert any(r["verdict"] == "pending" for r in res["table"]), "GPU rows stay pending on CPU"
     check = res["gpu_check"]
     assert check["dry_run"] is True and check["passed"] is True

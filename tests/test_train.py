@@ -17,9 +17,13 @@ import torch
 import torch.multiprocessing as mp
 
 import train_encoder_decoder as tr
+from data.loader import batches
 from data.synthetic import ensure_synthetic
+from models.stages import STAGES, Stage
+from tests.faults import fault_callbacks
 from tests.helpers import TINY_SYNTHETIC
 from utils.checkpoint import load_checkpoint
+from utils.train_args import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +44,8 @@ def argv(root: Path, runs: Path, stage: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def make_trainer(args: list[str]) -> tr.Trainer:
-    return tr.Trainer(tr.resolve_config(tr.build_parser().parse_args(args)))
+def make_trainer(args: list[str], callbacks=None) -> tr.Trainer:
+    return tr.Trainer(tr.resolve_config(tr.build_parser().parse_args(args)), callbacks)
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:
@@ -112,7 +116,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_root, tmp_path
     runs = tmp_path / "runs"
     t = make_trainer(argv(tiny_root, runs, 1, "--save-every", "1"))
     real = t.criterion.forward
-    calls = {"n": 0}
+    calls = {"n": 0}  # the loss turns NaN at the 2nd step; it is read before the 2nd save
 
     def poisoned(pred, label):
         calls["n"] += 1
@@ -128,12 +132,12 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_root, tmp_path
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_ctrl_c_stops_after_the_step_and_saves_it(tiny_root, tmp_path, monkeypatch):
+def test_ctrl_c_stops_after_the_step_and_saves_it(tiny_root, tmp_path):
     """SIGINT in the middle of iteration 2's optimiser step: the step completes, last.pt is
     exactly "after iteration 2", fit raises Interrupted, no temp file is left."""
     runs = tmp_path / "runs"
-    t = make_trainer(argv(tiny_root, runs, 1, "--iters-per-epoch", "3"))
-    monkeypatch.setenv(tr.FAULT_ENV, "step:2")
+    args = argv(tiny_root, runs, 1, "--iters-per-epoch", "3")
+    t = make_trainer(args, fault_callbacks("step:2"))
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job, else Python's
     with pytest.raises(tr.Interrupted) as e:
         t.fit()
@@ -152,7 +156,7 @@ FAULTS = [("forward", 1), ("backward", 2), ("step", 3), ("forward", 4), ("step",
 
 
 @pytest.mark.slow
-def test_interrupt_anywhere_then_resume_is_bit_exact(tiny_root, tmp_path, monkeypatch):
+def test_interrupt_anywhere_then_resume_is_bit_exact(tiny_root, tmp_path):
     """SIGINT at 11 reproducible points (forward, backward, optimiser step, validation,
     saving), each followed by --resume: final weights, BatchNorm statistics and Adam state are
     bit-identical to an uninterrupted run."""
@@ -162,10 +166,9 @@ def test_interrupt_anywhere_then_resume_is_bit_exact(tiny_root, tmp_path, monkey
     ref = load_checkpoint(runs / "ref" / "stage1" / "last.pt")
     for i, (phase, it) in enumerate(FAULTS):
         name = f"f{i}"
-        monkeypatch.setenv(tr.FAULT_ENV, f"{phase}:{it}")
-        code = tr.main([*argv(tiny_root, runs, 1), *common, "--run-name", name])
+        args = [*argv(tiny_root, runs, 1), *common, "--run-name", name]
+        code = tr.main(args, callbacks=fault_callbacks(f"{phase}:{it}"))
         assert code == 130, (phase, it, code)
-        monkeypatch.delenv(tr.FAULT_ENV)
         assert tr.main([*argv(tiny_root, runs, 1), *common, "--run-name", name, "--resume"]) == 0
         got = load_checkpoint(runs / name / "stage1" / "last.pt")
         assert got["iteration"] == ref["iteration"] == 6
@@ -251,9 +254,53 @@ def test_trainer_from_python_raises_typed_errors(tmp_path, caplog):
 
 
 def test_stage_table_drives_freezing_and_loss():
-    assert [tr.STAGES[s].loss_on for s in (1, 2, 3)] == ["raw", "refined", "refined"]
-    assert tr.STAGES[2].trains == ("refine_head",) and tr.STAGES[2].weights == (1.0, 0.0)
-    assert tr.STAGES[3].starts_from == 2 and tr.STAGES[1].starts_from is None
+    assert [STAGES[s].loss_on for s in (1, 2, 3)] == ["raw", "refined", "refined"]
+    assert STAGES[2].trains == ("refine_head",)
+    assert dict(STAGES[2].loss_weights) == {"w_alpha": 1.0, "w_comp": 0.0}
+    assert dict(STAGES[3].loss_weights) == dict(STAGES[1].loss_weights)
+    stage2 = tr.resolve_config(tr.build_parser().parse_args(["--stage", "2"]))
+    assert (stage2["w_alpha"], stage2["w_comp"]) == (1.0, 0.0)  # flags default to the record
+    assert STAGES[3].starts_from == 2 and STAGES[1].starts_from is None
+
+
+class _L1(torch.nn.Module):
+    """A loss no built-in stage uses: mean |pred - alpha| over the unknown region."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, pred, label):
+        from data import layout
+
+        mask = layout.mask(label)
+        l1 = ((pred - layout.alpha(label)).abs() * mask).sum() / mask.sum().clamp_min(1)
+        return self.scale * l1, {"l1": l1}
+
+
+def test_a_stage_is_its_record_alone(tiny_root, tmp_path, monkeypatch):
+    """A fourth stage, one new record: --stage 4 exists, only what the record names learns
+    (weights and BatchNorm statistics of the rest stay put), and its own loss is used."""
+    decoder_only = Stage(name="decoder on L1", refine_head=False, trains=("decoder",),
+                         loss_on="raw", loss=_L1, loss_weights={"scale": 2.0})  # fmt: skip
+    monkeypatch.setitem(STAGES, 4, decoder_only)
+    with pytest.raises(tr.TrainerError, match="takes \\['scale'\\], not w_alpha"):
+        make_trainer(argv(tiny_root, tmp_path / "runs", 4, "--w-alpha", "1"))
+    t = make_trainer(argv(tiny_root, tmp_path / "runs", 4))
+    assert isinstance(t.criterion, _L1) and t.criterion.scale == 2.0
+    assert t.model.refine_head is None
+    learn = {n for n, p in t.model.named_parameters() if p.requires_grad}
+    assert learn and all(n.startswith("decoder.") for n in learn)
+    assert {id(p) for g in t.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in t.model.decoder.parameters()
+    }
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.fit()
+    after = t.model.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
+    ck = load_checkpoint(tmp_path / "runs" / "dim" / "stage4" / "last.pt")
+    assert {"total", "l1"} <= {k.removeprefix("train_") for k in ck["history"][0]}
 
 
 def test_cpu_bf16_step_trains_and_stays_close_to_float32(tiny_root, tmp_path):
@@ -267,7 +314,7 @@ def test_cpu_bf16_step_trains_and_stays_close_to_float32(tiny_root, tmp_path):
         assert t.amp_dtype is (torch.bfloat16 if amp == "bf16" else None)
         if amp == "off":
             data, label = next(iter(t.loader))
-        losses = [t.train_step(data, label)[0]["total"] for _ in range(6)]
+        losses = [t.train_step(data, label)[0]["total"].item() for _ in range(6)]
         assert all(p.dtype == torch.float32 for p in t.model.parameters())
         runs.append(losses)
     fp32, bf16 = runs
@@ -293,7 +340,7 @@ def test_presets_differ_only_where_documented():
     ada = tr.resolve_config(tr.build_parser().parse_args(["--stage", "1", "--data-root", "x"]))
     assert ada["lr"] == 1e-5 and ada["scheduler"] == "constant" and ada["warmup_iters"] == 0
     assert ada["crop_size"] == 320 and ada["batch_size"] == 16
-    for key, value in tr.PRESETS["synthetic"].items():
+    for key, value in PRESETS["synthetic"].items():
         assert syn[key] == value
     over = tr.resolve_config(tr.build_parser().parse_args(["--stage", "1", "--lr", "0.5"]))
     assert over["lr"] == 0.5, "a flag overrides the preset"
@@ -324,7 +371,7 @@ class _SlowLoader:
 
 def test_time_blocked_on_the_loader_is_measured():
     waits: list[float] = []
-    assert list(tr.loader_batches(_SlowLoader(), waits)) == [0, 1, 2]
+    assert list(batches(_SlowLoader(), waits)) == [0, 1, 2]
     assert len(waits) == 3 and all(0.025 <= w < 1.0 for w in waits), waits
 
 
@@ -399,7 +446,7 @@ def test_optimiser_schedule_and_model_flags_train(tiny_root, tmp_path, flags):
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     data, label = next(iter(t.loader))
     losses, *_ = t.train_step(data, label)
-    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert all(torch.isfinite(v) for v in losses.values())
     changed = [k for k, v in t.model.state_dict().items() if not torch.equal(before[k], v)]
     assert changed, "one step changed no weight"
     if "cosine" in flags:  # T_max = 2 iterations: half-way after one step

@@ -91,3 +91,27 @@ def describe_amp(dtype: torch.dtype | None, device: torch.device) -> str:
     if device.type == "cpu" and not cpu_has_native_bf16():
         return "float32 (this CPU has no native bf16 instructions, so --amp auto stays float32)"
     return "float32"
+
+
+def prepare_training_process(
+    device: str, amp: str, *, threads: int | None, workers: int
+) -> tuple[torch.device, torch.dtype | None]:
+    """Set this training process up: its device (under torchrun, the GPU of its LOCAL_RANK,
+    after joining the process group), its autocast dtype, torch's CPU threads, OpenCV's
+    threads and cuDNN's kernel search. ValueError names a bad ``--device``/``--amp``."""
+    import cv2
+
+    from utils import distributed as dist_utils
+
+    dev = pick_device(device)
+    amp_dtype = check_amp(amp, dev)
+    dev = dist_utils.init_distributed(dev.type) or dev
+    if threads:
+        torch.set_num_threads(threads)
+    if workers > 0:
+        # The workers are the data parallelism: one OpenCV thread each. Set here, in the
+        # parent, before they fork (setting it inside a forked worker can deadlock).
+        cv2.setNumThreads(1)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick kernels
+    return dev, amp_dtype

@@ -37,7 +37,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -747,6 +747,55 @@ class Visualizer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def run_visualizer(stage_dir: Path, cfg: Mapping[str, Any]) -> Visualizer:
+    """The dashboard of one training stage (visdom env ``<run>-stage<N>``, files in the stage
+    folder), starting with the run's whole configuration."""
+    viz = Visualizer(
+        stage_dir,
+        env=f"{cfg['run_name']}-stage{cfg['stage']}",
+        server=cfg["visdom_server"],
+        port=cfg["visdom_port"],
+        enabled=not cfg["no_visdom"],
+        panel_every=cfg["panel_every"],
+    )
+    viz.text("config", json.dumps(dict(cfg), indent=1, sort_keys=True))
+    return viz
+
+
+def training_callbacks(viz: Visualizer) -> dict[str, Callable]:
+    """The trainer's events (``train_encoder_decoder.Trainer``) drawn on ``viz``: loss, lr and
+    speed curves at logging points, training panels every ``panel_every`` iterations, the
+    first two validation images, validation and real-photo curves, throughput."""
+
+    def step_end(trainer, data, label, raw, refined) -> None:
+        if viz.panel_due(trainer.iteration, "train"):
+            # device tensors: only the samples shown are copied
+            viz.matting_panel(trainer.iteration, "train", data, label, raw, refined)
+
+    def log(trainer, losses, lr, samples_per_s) -> None:
+        viz.scalars(trainer.iteration, losses, "loss")
+        viz.scalars(trainer.iteration, {"lr": lr}, "lr")
+        viz.scalars(trainer.iteration, {"samples_per_s": samples_per_s}, "speed")
+
+    def example(trainer, tag, index, example, alpha_u8) -> None:
+        if index < 2:
+            refined = trainer.stage.refine_head
+            viz.example_panel(trainer.iteration, f"{tag} {index}", example, alpha_u8, refined)
+
+    def epoch_end(trainer, record, line, val, real) -> None:
+        metrics = ("sad", "mse", "grad", "conn")
+        viz.scalars(trainer.iteration, {k: val[k] for k in metrics}, "val")
+        if real is not None:
+            viz.scalars(trainer.iteration, {k: real[k] for k in metrics}, "real")
+        viz.text("epochs", line)
+
+    def throughput(trainer, figures) -> None:
+        viz.scalars(trainer.iteration, figures, "throughput")
+
+    return {"step_end": step_end, "log": log, "example": example, "epoch_end": epoch_end,
+            "throughput": throughput}  # fmt: skip
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
