@@ -81,14 +81,14 @@ def lr_factor(
 
 def build_optimizer(params: list, cfg: dict, iters_per_epoch: int):
     """The optimiser and its learning-rate schedule (a LambdaLR stepped once per iteration,
-    whose state is just the iteration count: exact resume). On CPU and CUDA alike torch's
-    multi-tensor ("foreach") Adam updates all parameters in a few kernels."""
+    whose state is just the iteration count: exact resume)."""
     kind, lr, wd = cfg["optimizer"], cfg["lr"], cfg["weight_decay"]
     if kind == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, foreach=True)
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
     else:
-        cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
-        opt = cls(params, lr=lr, weight_decay=wd, foreach=True)
+        opt = (torch.optim.Adam if kind == "adam" else torch.optim.AdamW)(
+            params, lr=lr, weight_decay=wd
+        )
     factor = functools.partial(
         lr_factor,
         warmup=cfg["warmup_iters"],

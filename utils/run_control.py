@@ -140,7 +140,8 @@ class RunControl:
         if dist_utils.is_distributed():
             t = torch.tensor([float(signum), float(late)], device=self.device)
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            signum, late = int(t[0].item()), bool(t[1].item())
+            agreed = t.tolist()  # the one host-device sync of this check
+            signum, late = int(agreed[0]), bool(agreed[1])
         if signum:
             self.stop_signum = signum  # the signal some rank got: every rank reports it
             return SIGNAL

@@ -1,8 +1,9 @@
-"""The command line of ``train_encoder_decoder.py``: its flags, the errors that refuse a run,
-and which settings a resume may change.
+"""The command line of ``train_encoder_decoder.py``: its flags, the presets, the errors that
+refuse a run, and which settings a resume may change.
 
-Flags left unset are None here; the training script fills them from its preset (``PRESETS``)
-and from the stage's record (``models/stages.py``), and stores the result in every checkpoint.
+Flags left unset are None after parsing; :func:`resolve_config` fills them from the preset
+(:data:`PRESETS`), the model's defaults and the stage's record (``models/stages.py``); the
+trainer stores the result in every checkpoint.
 The model's flags are generated from :class:`models.py_encoder_decoder.ModelConfig`, one per
 field, so a new architecture setting is one new field there.
 """
