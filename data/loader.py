@@ -56,17 +56,11 @@ def make_loader(
     sampler = ResumableSampler(
         train_set, dist_utils.world_size(), dist_utils.rank(), seed, batch_size
     )
-    return DataLoader(
-        train_set,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        drop_last=True,
-        worker_init_fn=worker_init_fn,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )
+    # Workers are forked once for the whole run, not at every epoch.
+    ahead = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
+    return DataLoader(train_set, batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=True, worker_init_fn=worker_init_fn,
+                      **ahead)  # fmt: skip
 
 
 def start_epoch(loader: DataLoader, epoch: int, done_batches: int, max_batches: int | None) -> None:

@@ -149,6 +149,23 @@ def test_ctrl_c_stops_after_the_step_and_saves_it(tiny_root, tmp_path):
     assert signal.getsignal(signal.SIGINT) == before, "handlers restored"
 
 
+def test_losses_are_read_back_only_at_logging_points_and_saves(tiny_root, tmp_path):
+    """train_step leaves its losses on the device; they become Python numbers every
+    --log-every iterations (the "log" event gets their means) and before saves, not per step."""
+    runs = tmp_path / "runs"
+    logged, reads = [], []
+    on_log = {"log": lambda trainer, losses, **_: logged.append((trainer.iteration, losses))}
+    args = argv(tiny_root, runs, 1, "--iters-per-epoch", "3", "--epochs", "2", "--log-every", "3")
+    t = make_trainer(args, on_log)
+    read = t.read_losses
+    t.read_losses = lambda: reads.append((t.iteration, t._window_n)) or read()
+    t.fit()
+    assert [it for it, _ in logged] == [3, 6]
+    assert all(isinstance(v, float) for _, m in logged for v in m.values())
+    # 2 logging points of 3 steps each; each epoch end and its saves find nothing left
+    assert [r for r in reads if r[1]] == [(3, 3), (6, 3)], reads
+
+
 # Fault points over every phase: (phase, iteration) of a 2-epoch x 3-iteration run.
 FAULTS = [("forward", 1), ("backward", 2), ("step", 3), ("forward", 4), ("step", 5),
           ("backward", 6), ("validation", 3), ("validation", 6), ("save", 3), ("save", 6),
