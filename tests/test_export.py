@@ -113,7 +113,7 @@ def test_metadata_names_repository_config_stage_and_source(checkpoint, exported)
     assert m.metadata["repository"] == "deep-image-matting" and m.stage == 2
     model = sharp_model()
     assert m.config == json.loads(m.metadata["model_config"]) == model.config.to_dict()
-    assert (m.receptive_field, m.stride) == (model.receptive_field, model.stride) == (221, 32)
+    assert (m.receptive_field, m.stride) == (model.receptive_field, model.stride) == (189, 32)
     assert m.metadata["source_checkpoint"] == str(checkpoint)
     with pytest.raises(OnnxModelError, match="stage-2 checkpoint but stage 3"):
         load_onnx_model(exported, stage=3)
