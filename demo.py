@@ -40,9 +40,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import cv2
 import numpy as np
 
-from data import compose
+from data import compose, layout
+from utils.cli import add_inference_args
 from utils.image_io import MAX_PIXELS, ImageReadError, check_pixels, read_rgb, write_png
-from utils.inference import add_inference_args
 
 log = logging.getLogger("demo")
 
@@ -114,18 +114,20 @@ def trimap_from_editor(
 
 
 def check_trimap(trimap: np.ndarray) -> None:
-    """A trimap the matting can use: some unknown, some sure foreground and background."""
-    if not (trimap == 255).any():
+    """A trimap the matting can use: some unknown, some sure foreground and background; the
+    message says which brush fixes it."""
+    missing = layout.missing_trimap_regions(trimap)
+    if "foreground" in missing:
         raise DemoError(
             "the trimap has no sure foreground: the band is wider than the object; lower the "
             "band width or paint the object's inside with the white 'foreground' brush"
         )
-    if not (trimap == 0).any():
+    if "background" in missing:
         raise DemoError(
             "the trimap has no sure background: the object covers the photo; lower the band "
             "width or paint some background with the black 'background' brush"
         )
-    if not (trimap == 128).any():
+    if "unknown" in missing:
         raise DemoError(
             "the trimap has no unknown pixels, so there is nothing to matte: widen the band or "
             "paint the edges with the blue 'unknown' brush"

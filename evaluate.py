@@ -43,20 +43,20 @@ if __package__ in (None, ""):
 import numpy as np
 
 from data.sources import DataSourceError
+from utils.baselines import closed_form, trimap_only
 from utils.checkpoint import CheckpointError
+from utils.cli import add_inference_args
 from utils.device import check_amp, pick_device
 from utils.evaluation import (
     EvaluationError,
-    closed_form,
     folder_predictor,
     load_examples,
     model_predictor,
     score,
-    trimap_only,
     write_report,
 )
 from utils.image_io import ImageReadError
-from utils.inference import add_inference_args, load_model_for_inference
+from utils.inference import load_model_for_inference
 
 log = logging.getLogger("evaluate")
 

@@ -44,6 +44,7 @@ from torch import nn
 
 from data import layout
 from models.py_encoder_decoder import DIM
+from utils.cli import add_checkpoint_args
 from utils.onnx_inference import (
     FORMAT,
     INPUT,
@@ -53,7 +54,6 @@ from utils.onnx_inference import (
     OnnxModelError,
     load_onnx_model,
 )
-from utils.tiling import add_checkpoint_args
 
 OPSET = 17
 TRACE_SIZE = (64, 96)  # (H, W) of the example input the exporter traces

@@ -54,8 +54,10 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from data import compose
+from data import compose, layout
+from utils.cli import add_checkpoint_args, add_inference_args
 from utils.image_io import (
+    IMAGE_EXTS,
     MAX_PIXELS,
     ImageReadError,
     check_pixels,
@@ -65,12 +67,8 @@ from utils.image_io import (
 )
 from utils.matting import matte
 from utils.onnx_inference import OnnxModelError
-from utils.tiling import add_checkpoint_args, add_inference_args
 
 log = logging.getLogger("predict")
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-TRIMAP_VALUES = (0, 128, 255)
 
 
 class InputError(ValueError):
@@ -133,29 +131,13 @@ def pair_inputs(image: str | Path, trimap: str | Path, kind: str = "trimap") -> 
 
 def check_trimap(trimap: np.ndarray, path: str | Path) -> None:
     """Raise :class:`InputError` explaining a trimap that is not purely 0/128/255."""
-    values, counts = np.unique(trimap, return_counts=True)
-    bad = ~np.isin(values, TRIMAP_VALUES)
-    if not bad.any():
-        return
-    frac = counts[bad].sum() / trimap.size
-    shown = ", ".join(str(int(v)) for v in values[:12]) + (" ..." if len(values) > 12 else "")
-    if set(values.tolist()) <= {0, 1}:
-        why = "It looks like a 0/1 mask, not a trimap: mark the unknown band with 128."
-    elif set(values.tolist()) <= {0, 1, 2}:
-        why = "It looks like a 0/1/2 label map: map 0 -> 0, 1 -> 128, 2 -> 255."
-    elif Path(path).suffix.lower() in (".jpg", ".jpeg"):
-        why = "It is a JPEG: compression changes values near edges; save trimaps as PNG."
-    else:
-        why = (
-            "It looks anti-aliased, blurred or resized with interpolation (resize trimaps "
-            "with nearest-neighbour) or saved lossily."
-        )
-    raise InputError(
-        f"{path}: a trimap must hold only 0 (background), 128 (unknown) and 255 (foreground); "
-        f"read as 8-bit grey it has {len(values)} distinct values ({shown}) and "
-        f"{100 * frac:.1f}% of its pixels are none of the three. {why} "
-        "Fix the file, or pass --snap-trimap to map each value to the nearest of 0/128/255."
-    )
+    try:
+        layout.check_trimap_values(trimap, str(path))
+    except layout.TrimapError as e:
+        raise InputError(
+            f"{e} Fix the file, or pass --snap-trimap to map each value to the nearest of "
+            "0/128/255."
+        ) from None
 
 
 def read_inputs(

@@ -49,7 +49,7 @@ from utils.evaluation import evaluate_model
 from utils.image_io import ImageReadError
 from utils.run_control import SIGNAL, Interrupted, RunControl, Throughput
 from utils.runlock import RunLockedError
-from utils.train_args import TrainerError, build_parser, resolve_config
+from utils.train_args import PRESETS, TrainerError, build_parser, resolve_config
 from utils.visualization import run_visualizer, training_callbacks
 
 log = logging.getLogger("train")
@@ -497,6 +497,18 @@ class Trainer:
         restore_rng_state(state["rng"])
 
 
+def describe_start(cfg: dict) -> str:
+    """The run's first log line: the stage, the data, the preset and every value it set (a
+    flag that overrode one says so)."""
+    source = (f"Adobe-style data at {cfg['data_root']}" if cfg["data_root"]
+              else "built-in synthetic set (no --data-root given)")  # fmt: skip
+    values = ", ".join(
+        f"{k}={cfg[k]}" + ("" if cfg[k] == v else f" (flag; preset {v})")
+        for k, v in PRESETS[cfg["preset"]].items()
+    )
+    return f"training stage {cfg['stage']} on the {source} with preset {cfg['preset']}: {values}"
+
+
 def main(argv: list[str] | None = None, callbacks: Mapping[str, Callable] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
@@ -508,21 +520,9 @@ def main(argv: list[str] | None = None, callbacks: Mapping[str, Callable] | None
         log.error("%s", e)
         return 2
     if dist_utils.rank() == 0 or not dist_utils.launched_by_torchrun():
-        source = (
-            "built-in synthetic set (no --data-root given)"
-            if cfg["dataset"] == "synthetic"
-            else f"Adobe data at {cfg['data_root']}"
-        )
-        shown = ("crop_size", "batch_size", "lr", "epochs", "iters_per_epoch")
-        log.info(
-            "training stage %d on the %s with %s",
-            cfg["stage"],
-            source,
-            ", ".join(f"{k}={cfg[k]}" for k in shown),
-        )
-        log.info(
-            "full configuration (stored in every checkpoint): %s", json.dumps(cfg, sort_keys=True)
-        )
+        log.info("%s", describe_start(cfg))
+        log.info("full configuration (stored in every checkpoint): %s",
+                 json.dumps(cfg, sort_keys=True))  # fmt: skip
     try:
         Trainer(cfg, callbacks).fit()
     except NonFiniteLoss as e:

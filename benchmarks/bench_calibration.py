@@ -37,7 +37,7 @@ import numpy as np
 
 from data.synthetic import ensure_synthetic
 from data.testsets import MattingExample, load_alphamatting, load_composition1k
-from utils import evaluation
+from utils import baselines, evaluation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "alphamatting_lowres_dev"
@@ -45,9 +45,9 @@ METHODS = ("trimap_only", "zeros", "closed_form")
 QUICK_IMAGES, QUICK_SIDE = 4, 400
 # The predictors are the evaluation library's: the same baselines as every other table.
 _FUNCS: dict[str, Callable[[MattingExample], np.ndarray]] = {
-    "trimap_only": evaluation.trimap_only,
-    "zeros": evaluation.zeros,
-    "closed_form": evaluation.closed_form,
+    "trimap_only": baselines.trimap_only,
+    "zeros": baselines.zeros,
+    "closed_form": baselines.closed_form,
 }
 
 

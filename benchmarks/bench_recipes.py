@@ -37,7 +37,8 @@ if __package__ in (None, ""):
 import numpy as np
 
 from benchmarks import common
-from utils.evaluation import closed_form, evaluate_model, load_examples, score, trimap_only
+from utils.baselines import closed_form, trimap_only
+from utils.evaluation import evaluate_model, load_examples, score
 from utils.inference import load_model_for_inference
 
 ROOT = common.ROOT

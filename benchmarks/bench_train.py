@@ -317,6 +317,7 @@ class Context:
             "--batch-size", str(s.batch), "--workers", str(workers), "--epochs", "1",
             "--val-limit", "1", "--device", self.device, "--amp", v.amp,
             "--channels-last", "on" if v.channels_last else "off", "--no-visdom",
+            "--fc6", "transmap",  # the reference's fc6 (and the CPU preset's)
         ]  # fmt: skip
         if v.compile:
             argv.append("--compile")

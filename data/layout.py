@@ -151,3 +151,53 @@ def make_label(
     out[LABEL_ALPHA] = np.asarray(alpha01, np.float32)[None]
     out[LABEL_MASK] = (np.asarray(trimap_u8) == TRIMAP_UNKNOWN).astype(np.float32)[None]
     return out
+
+
+# --- trimaps: the checks every entry point uses ------------------------------------------------
+TRIMAP_VALUES = (TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG)
+
+
+class TrimapError(ValueError):
+    """A trimap that cannot be used; the message says why and how to fix the file."""
+
+
+def check_image_and_trimap(image_u8: np.ndarray, trimap_u8: np.ndarray) -> None:
+    """Raise :class:`TrimapError` unless ``image_u8`` is (H, W, 3) and ``trimap_u8`` (H, W)."""
+    if image_u8.ndim != 3 or image_u8.shape[2] != 3:
+        raise TrimapError(f"image must be (H, W, 3) RGB, got shape {image_u8.shape}")
+    if trimap_u8.ndim != 2:
+        raise TrimapError(f"trimap must be (H, W), got shape {trimap_u8.shape}")
+
+
+def check_trimap_values(trimap_u8: np.ndarray, source: str = "the trimap") -> None:
+    """Raise :class:`TrimapError` for a trimap that is not purely 0/128/255, saying what it
+    looks like instead (a 0/1 mask, a 0/1/2 label map, a JPEG, an interpolated resize)."""
+    values, counts = np.unique(trimap_u8, return_counts=True)
+    bad = ~np.isin(values, TRIMAP_VALUES)
+    if not bad.any():
+        return
+    frac = counts[bad].sum() / trimap_u8.size
+    shown = ", ".join(str(int(v)) for v in values[:12]) + (" ..." if len(values) > 12 else "")
+    if set(values.tolist()) <= {0, 1}:
+        why = "It looks like a 0/1 mask, not a trimap: mark the unknown band with 128."
+    elif set(values.tolist()) <= {0, 1, 2}:
+        why = "It looks like a 0/1/2 label map: map 0 -> 0, 1 -> 128, 2 -> 255."
+    elif str(source).lower().endswith((".jpg", ".jpeg")):
+        why = "It is a JPEG: compression changes values near edges; save trimaps as PNG."
+    else:
+        why = (
+            "It looks anti-aliased, blurred or resized with interpolation (resize trimaps "
+            "with nearest-neighbour) or saved lossily."
+        )
+    raise TrimapError(
+        f"{source}: a trimap must hold only 0 (background), 128 (unknown) and 255 (foreground); "
+        f"read as 8-bit grey it has {len(values)} distinct values ({shown}) and "
+        f"{100 * frac:.1f}% of its pixels are none of the three. {why}"
+    )
+
+
+def missing_trimap_regions(trimap_u8: np.ndarray) -> list[str]:
+    """Which of "foreground", "background" and "unknown" the trimap has no pixel of (matting
+    needs some sure foreground and background, and an unknown band to solve)."""
+    regions = {"foreground": TRIMAP_FG, "background": TRIMAP_BG, "unknown": TRIMAP_UNKNOWN}
+    return [name for name, value in regions.items() if not (trimap_u8 == value).any()]

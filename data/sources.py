@@ -34,9 +34,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from utils.image_io import ImageReadError, image_size
+from utils.image_io import IMAGE_EXTS, ImageReadError, image_size
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PathLike = str | os.PathLike
 
 

@@ -64,6 +64,7 @@ import cv2
 import numpy as np
 
 from data.compose import band_kernel, composite, fit_background, morph_trimap
+from utils.image_io import IMAGE_EXTS
 
 VERSION = 2
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,6 @@ GENERATOR = hashlib.sha1(
 ).hexdigest()[:12]
 SUPERSAMPLE = 4  # strands and nets are drawn at 4x and area-downsampled: sub-pixel widths
 _SHIFT = 3  # cv2 drawing: fixed-point bits of the point coordinates
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # Random-stream keys: one independent stream per (kind, index).
 _K_TRAIN_FG, _K_BG, _K_VAL_FG, _K_TEST_FG, _K_EVAL_BG, _K_PALETTE, _K_TRIMAP = range(1, 8)

@@ -551,3 +551,79 @@ def build_validation_set(
         if not (mpath.is_file() and json.loads(mpath.read_text()) == manifest):
             raise
     return out
+
+
+# --- command line ----------------------------------------------------------------------------
+OFFICIAL_FOREGROUNDS, OFFICIAL_PER_FG = 50, 20  # Composition-1k: 50 x 20 VOC backgrounds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python data/testsets.py composition1k ...``: build the test set by the official rule."""
+    from utils.cli import OneLineParser, number
+
+    p = OneLineParser(prog="python data/testsets.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser(
+        "composition1k",
+        help="composite the Composition-1k test set by the official rule",
+        description="Composite the Composition-1k test set as the dataset's own compositing "
+        "code does: foreground i of --fg-names on lines 20i..20i+19 of --bg-names, each "
+        "background upscaled (bicubic) only when smaller than the foreground, its top-left "
+        "window, the composite truncated to 8 bits; the official trimaps copied beside. "
+        "Every count and file is checked before anything is written. Then: "
+        "python evaluate.py --checkpoint runs/NAME --testset OUT",
+    )
+    T = "Combined_Dataset/Test_set"
+    c.add_argument("--fg-dir", type=Path, required=True, help=f"{T}/Adobe-licensed images/fg")
+    c.add_argument("--alpha-dir", type=Path, required=True, help=f"{T}/Adobe-licensed images/alpha")
+    c.add_argument("--bg-dir", type=Path, required=True, help="PASCAL VOC 2012 JPEGImages")
+    c.add_argument("--fg-names", type=Path, required=True, help=f"{T}/test_fg_names.txt")
+    c.add_argument("--bg-names", type=Path, required=True, help=f"{T}/test_bg_names.txt")
+    c.add_argument(
+        "--trimap-dir",
+        type=Path,
+        required=True,
+        help=f"the official trimaps, {T}/Adobe-licensed images/trimaps (never regenerate them)",
+    )
+    c.add_argument("--out", type=Path, required=True, help="the test set's folder")
+    c.add_argument(
+        "--per-fg",
+        type=number(int, 1),
+        default=OFFICIAL_PER_FG,
+        help=f"backgrounds per foreground (official: {OFFICIAL_PER_FG})",
+    )
+    c.add_argument("--overwrite", action="store_true", help="rewrite files that exist")
+    args = p.parse_args(argv)
+    try:
+        fg_names = read_name_list(args.fg_names, "test foreground name")
+        bg_names = read_name_list(args.bg_names, "test background name")
+        want = len(fg_names) * args.per_fg
+        if len(bg_names) != want:
+            raise DataSourceError(
+                f"{args.bg_names} has {len(bg_names)} lines; {len(fg_names)} foregrounds x "
+                f"{args.per_fg} backgrounds need {want} (the official lists: "
+                f"{OFFICIAL_FOREGROUNDS} x {OFFICIAL_PER_FG} = "
+                f"{OFFICIAL_FOREGROUNDS * OFFICIAL_PER_FG}); check the two name lists"
+            )
+        if (len(fg_names), args.per_fg) != (OFFICIAL_FOREGROUNDS, OFFICIAL_PER_FG):
+            print(
+                f"note: {len(fg_names)} foregrounds x {args.per_fg} backgrounds is not the "
+                f"official {OFFICIAL_FOREGROUNDS} x {OFFICIAL_PER_FG}: numbers on this set are "
+                "not Composition-1k numbers",
+                file=sys.stderr,
+            )
+        out = build_composition1k(
+            args.fg_dir, args.alpha_dir, args.bg_dir, args.fg_names, args.bg_names, args.out,
+            trimap_dir=args.trimap_dir, overwrite=args.overwrite,
+        )  # fmt: skip
+    except (DataSourceError, ImageReadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = len(list((out / "merged").glob("*.png")))
+    print(f"{out}: {n} composites, alphas and trimaps; score with: "
+          f"python evaluate.py --checkpoint runs/NAME --testset {out}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,8 @@ Shapes and ranges (everything here is NCHW; ``channels_last`` memory format work
     refined    (N, 1, H, W) float in [0, 1]  -- refine head output, or None without a head
 
 H and W must be multiples of ``model.stride`` (32: five 2x2 poolings). For other sizes pad
-with :func:`pad_to_multiple` and crop the prediction with :func:`crop_back`.
+with :func:`utils.tiling.pad_to_multiple` and crop the prediction with
+:func:`utils.tiling.crop_back` (utils/inference.py does both for whole images).
 
 The architecture is one record, :class:`ModelConfig`: ``DIM(config)`` builds it, checkpoints
 store it (``model_config``), a resume compares it, the trainer's model flags come from it.
@@ -59,8 +60,6 @@ import torchvision
 from torch import Tensor, nn
 
 from data import layout
-from utils.tiling import crop_back as _crop_back
-from utils.tiling import pad_amounts
 
 log = logging.getLogger(__name__)
 
@@ -71,46 +70,6 @@ REFINE_ADD_CHOICES = ("logit", "clip")
 MULTIPLE = 32  # 2 ** number of poolings
 FINAL_CHANNELS = 64  # the decoder's last 5x5 conv+BN+ReLU, before the 1-channel prediction
 REFINE_CHANNELS = 64
-
-
-# --- padding helpers -------------------------------------------------------------------------
-def pad_to_multiple(
-    x: Tensor, multiple: int = MULTIPLE, mode: str = "reflect"
-) -> tuple[Tensor, tuple[int, int, int, int]]:
-    """Pad the last two dims of ``x`` (..., H, W) up to multiples of ``multiple``.
-
-    The padding is split evenly between the two sides (the extra pixel goes right/bottom),
-    so the network sees image content around the whole border (:func:`utils.tiling.pad_amounts`,
-    whose numpy twin :func:`utils.tiling.pad_to_multiple` pads the same way). ``mode`` is any
-    ``torch.nn.functional.pad`` mode ("reflect", "replicate", "constant"); "reflect" needs
-    every pad smaller than the side it mirrors, so tiny inputs fall back to "replicate".
-    Integer tensors are padded in float32 and cast back.
-
-    Returns ``(padded, pads)`` with ``pads = (left, right, top, bottom)`` in pixels, the
-    argument :func:`crop_back` needs to undo it. Already aligned inputs are returned as is.
-    """
-    if x.dim() < 2:
-        raise ValueError(f"pad_to_multiple needs a tensor (..., H, W), got shape {tuple(x.shape)}")
-    h, w = x.shape[-2:]
-    pads, mode = pad_amounts(h, w, multiple, mode)  # the rule, shared with the numpy twin
-    if not any(pads):
-        return x, pads
-    ph, pw = pads[2] + pads[3], pads[0] + pads[1]
-    lead = x.shape[:-2]
-    y = x.reshape(-1, 1, h, w) if x.dim() != 4 else x  # F.pad's reflect wants 3-D/4-D
-    dtype = y.dtype
-    if not y.is_floating_point():
-        y = y.float()
-    y = F.pad(y, pads, mode=mode)
-    y = y.to(dtype)
-    if x.dim() != 4:
-        y = y.reshape(*lead, h + ph, w + pw)
-    return y, pads
-
-
-def crop_back(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
-    """Undo :func:`pad_to_multiple`: crop ``pads = (left, right, top, bottom)`` off (..., H, W)."""
-    return _crop_back(x, pads)
 
 
 # --- building blocks -------------------------------------------------------------------------
@@ -485,8 +444,9 @@ class ModelConfig:
         default="transmap",
         metadata={
             "choices": FC6_CHOICES,
-            "help": "the layer after VGG's last pool: transmap (3x3 + 1x1 conv, the original "
-            "repository's) or conv1x1 (a 1x1 conv, the paper's and mmagic's)",
+            "help": "VGG's fc6 as a conv layer after the last pool: transmap (3x3 then 1x1 conv, "
+            "the original Caffe repository's) or conv1x1 (one 1x1 conv, as mmagic; the paper "
+            "does not give the kernel)",
         },
     )
     upsample: str = field(
@@ -611,8 +571,8 @@ def check_input(data: Tensor, multiple: int = MULTIPLE) -> None:
     if h % multiple or w % multiple:
         raise ValueError(
             f"DIM needs height and width that are multiples of {multiple}, got {h}x{w}: pad with "
-            "models.py_encoder_decoder.pad_to_multiple(data) and cut the prediction back with "
-            "crop_back(pred, pads) (utils/inference.py does this for whole images)"
+            "utils.tiling.pad_to_multiple(data) and cut the prediction back with "
+            "utils.tiling.crop_back(pred, pads) (utils/inference.py does both for whole images)"
         )
 
 

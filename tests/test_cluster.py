@@ -238,9 +238,9 @@ def test_resume_auto_refuses_another_model_and_names_changed_settings(tiny_root,
     assert tr.main(args) == 0
     assert "no " in caplog.text and "starting a new run" in caplog.text
     caplog.clear()
-    assert tr.main([*args, "--skip", "add", "--fc6", "conv1x1"]) == 2
-    assert "fc6 'transmap' -> 'conv1x1'" in caplog.text and "skip" in caplog.text, caplog.text
-    assert "--fc6 transmap" in caplog.text and "--run-name" in caplog.text
+    assert tr.main([*args, "--skip", "add", "--fc6", "transmap"]) == 2
+    assert "fc6 'conv1x1' -> 'transmap'" in caplog.text and "skip" in caplog.text, caplog.text
+    assert "--fc6 conv1x1" in caplog.text and "--run-name" in caplog.text
     caplog.clear()
     assert tr.main([*argv(tiny_root, runs, "--max-iters", "2"), "--lr", "5e-5"]) == 0
     assert "changed settings (lr 0.0001 -> 5e-05)" in caplog.text, caplog.text

@@ -31,7 +31,8 @@ from data.synthetic import ensure_synthetic
 from models.py_encoder_decoder import DIM
 from tests.helpers import TINY_SYNTHETIC, random_checkpoint
 from utils.checkpoint import load_checkpoint
-from utils.inference import exact_overlap, load_model_for_inference, predict_alpha
+from utils.inference import load_model_for_inference, predict_alpha
+from utils.tiling import exact_overlap
 
 CPU = pytest.param("cpu", id="cpu")
 CUDA = pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)
@@ -61,7 +62,8 @@ def stage_init(tmp_path: Path, stage: int) -> list[str]:
     """Stage 3 starts from a stage-2 checkpoint (random weights, refine head)."""
     if stage == 1:
         return []
-    return ["--init", str(random_checkpoint(tmp_path / "stage2.pt", 2, skip="add"))]
+    init = random_checkpoint(tmp_path / "stage2.pt", 2, fc6="conv1x1", skip="add")
+    return ["--init", str(init)]
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import pytest
 
 from data.testsets import open_testset
 from tests.helpers import random_checkpoint
-from utils import evaluation
+from utils import baselines, evaluation
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +38,16 @@ def test_evaluate_model_library_entry_point(checkpoint):
 def test_closed_form_beats_trimap_only():
     """pymatting's closed-form matting (compiled by numba on first use) on two tiny images."""
     examples = evaluation.Rescaled(open_testset("synthetic")[:2], 0.25)
-    _, cf = evaluation.score(examples, evaluation.closed_form)
-    _, base = evaluation.score(examples, evaluation.trimap_only)
+    _, cf = evaluation.score(examples, baselines.closed_form)
+    _, base = evaluation.score(examples, baselines.trimap_only)
     assert cf["sad"] < 0.8 * base["sad"]
 
 
 def test_constant_baselines_score_as_hand_computed():
     """trimap-only (0.5, saved as 128/255) and zeros: SAD computed by hand on the unknown band."""
     examples = open_testset("synthetic")[:3]
-    _, half = evaluation.score(examples, evaluation.trimap_only)
-    _, zero = evaluation.score(examples, evaluation.zeros)
+    _, half = evaluation.score(examples, baselines.trimap_only)
+    _, zero = evaluation.score(examples, baselines.zeros)
     sad_half = np.mean(
         [np.abs(128 / 255 - e.alpha)[e.trimap == 128].sum() / 1000 for e in examples]
     )

@@ -16,17 +16,10 @@ from models.py_encoder_decoder import (
     conv_span,
 )
 from utils import device as device_mod
-from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.checkpoint import CheckpointError, find_checkpoint, save_checkpoint
 from utils.device import check_amp
-from utils.inference import (
-    eval_mode,
-    exact_overlap,
-    load_model_for_inference,
-    plan_tiles,
-    predict_alpha,
-    resolve_checkpoint,
-    resolve_tile,
-)
+from utils.inference import eval_mode, load_model_for_inference, predict_alpha
+from utils.tiling import exact_overlap, plan_tiles, resolve_tile
 
 
 class PointwiseModel(nn.Module):
@@ -319,18 +312,18 @@ def run_dir(tmp_path_factory):
     return root
 
 
-def test_resolve_checkpoint(run_dir, tmp_path):
+def test_find_checkpoint(run_dir, tmp_path):
     demo = run_dir / "demo"
-    assert resolve_checkpoint(demo) == demo / "stage2" / "best.pt"  # highest stage
-    assert resolve_checkpoint(demo / "stage1") == demo / "stage1" / "best.pt"
-    assert resolve_checkpoint(demo / "stage1" / "best.pt") == demo / "stage1" / "best.pt"
-    assert resolve_checkpoint(None, runs_dir=run_dir) == demo / "stage2" / "best.pt"
+    assert find_checkpoint(demo) == demo / "stage2" / "best.pt"  # highest stage
+    assert find_checkpoint(demo / "stage1") == demo / "stage1" / "best.pt"
+    assert find_checkpoint(demo / "stage1" / "best.pt") == demo / "stage1" / "best.pt"
+    assert find_checkpoint(None, runs_dir=run_dir) == demo / "stage2" / "best.pt"
     with pytest.raises(CheckpointError, match="not found"):
-        resolve_checkpoint(tmp_path / "nope.pt")
+        find_checkpoint(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="no run folders"):
-        resolve_checkpoint(None, runs_dir=tmp_path)
+        find_checkpoint(None, runs_dir=tmp_path)
     with pytest.raises(CheckpointError, match="without a checkpoint"):
-        resolve_checkpoint(tmp_path)
+        find_checkpoint(tmp_path)
 
 
 def test_load_model_for_inference(run_dir, tmp_path):

@@ -268,7 +268,8 @@ def test_script_runs_by_path(tmp_path):
 def test_calibration_baselines_on_the_set(small_set):
     """Neither constant is near perfect on the test split: the unknown band holds real work."""
     from data.testsets import load_composition1k
-    from utils.evaluation import score, trimap_only, zeros
+    from utils.baselines import trimap_only, zeros
+    from utils.evaluation import score
 
     examples = load_composition1k(small_set / "test")
     assert len(examples) == 8
@@ -283,7 +284,8 @@ def test_closed_form_beats_trimap_only(small_set):
     import compiles with numba, ~45 s)."""
     pytest.importorskip("pymatting")
     from data.testsets import load_composition1k
-    from utils.evaluation import closed_form, score, trimap_only
+    from utils.baselines import closed_form, trimap_only
+    from utils.evaluation import score
 
     examples = load_composition1k(small_set / "test")[:4]
     _, cf = score(examples, closed_form)

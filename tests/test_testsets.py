@@ -265,6 +265,51 @@ def test_build_composition1k_follows_the_official_rule(tmp_path):
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
 
 
+def test_composition1k_command_line_builds_checks_and_names_what_is_missing(tmp_path, capsys):
+    """`python data/testsets.py composition1k` on a small fake layout (2 foregrounds x 2
+    backgrounds): builds a set evaluate.py reads; a missing background and a wrong count are
+    one error each, naming the file, before anything is written."""
+    import subprocess
+    import sys
+
+    from data import testsets
+
+    src = tmp_path / "Test_set"
+    rng = np.random.default_rng(1)
+    for n in ("cat", "dog"):
+        write_png(src / "fg" / f"{n}.png", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+        write_png(src / "alpha" / f"{n}.png", rng.integers(0, 256, (20, 30), dtype=np.uint8))
+        for k in range(2):
+            write_png(src / "trimaps" / f"{n}_{k}.png", _trimap(20, 30))
+    for j in range(4):
+        write_png(src / "bg" / f"voc_{j}.png", rng.integers(0, 256, (25, 40, 3), dtype=np.uint8))
+    (src / "fg.txt").write_text("cat.png\ndog.png\n")
+    (src / "bg.txt").write_text("".join(f"voc_{j}.png\n" for j in range(4)))
+
+    def run(out, *extra):
+        folders = [f"--{k}-dir={src / k}" for k in ("fg", "alpha", "bg")]
+        names = [f"--fg-names={src / 'fg.txt'}", f"--bg-names={src / 'bg.txt'}"]
+        trimaps = [f"--trimap-dir={src / 'trimaps'}", f"--out={out}"]
+        return testsets.main(["composition1k", *folders, *names, *trimaps, *extra])
+
+    assert run(tmp_path / "wrong") == 2  # 4 lines are not 2 x 20 (the official count)
+    err = capsys.readouterr().err
+    assert "bg.txt has 4 lines" in err and "need 40" in err and "50 x 20 = 1000" in err
+    assert not (tmp_path / "wrong").exists()
+    (src / "bg" / "voc_3.png").unlink()
+    assert run(tmp_path / "missing", "--per-fg", "2") == 2
+    assert "bg.txt:4: background voc_3.png not in" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
+    write_png(src / "bg" / "voc_3.png", rng.integers(0, 256, (25, 40, 3), dtype=np.uint8))
+    assert run(tmp_path / "c1k", "--per-fg", "2") == 0
+    assert "not the official 50 x 20" in capsys.readouterr().err
+    ts = load_composition1k(tmp_path / "c1k")
+    assert ts.names == ["cat_0", "cat_1", "dog_0", "dog_1"] and ts[3].alpha is not None
+    out = subprocess.run([sys.executable, str(Path(testsets.__file__)), "composition1k",
+                          "--help"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--trimap-dir" in out.stdout and "official" in out.stdout
+
+
 # --- validation set --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def val_sources(tmp_path_factory):

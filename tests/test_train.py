@@ -355,12 +355,31 @@ def test_lr_factor_warmup_then_schedule():
 def test_presets_differ_only_where_documented():
     syn = tr.resolve_config(tr.build_parser().parse_args(["--stage", "1"]))
     ada = tr.resolve_config(tr.build_parser().parse_args(["--stage", "1", "--data-root", "x"]))
+    assert (syn["preset"], ada["preset"]) == ("cpu", "paper")
     assert ada["lr"] == 1e-5 and ada["scheduler"] == "constant" and ada["warmup_iters"] == 0
-    assert ada["crop_size"] == 320 and ada["batch_size"] == 16
-    for key, value in PRESETS["synthetic"].items():
+    assert ada["crop_size"] == 320 and ada["batch_size"] == 16 and ada["skip"] == "none"
+    assert ada["fc6"] == "conv1x1"  # one 1x1 conv: the paper's fc6 as reimplemented publicly
+    for key, value in PRESETS["cpu"].items():
         assert syn[key] == value
     over = tr.resolve_config(tr.build_parser().parse_args(["--stage", "1", "--lr", "0.5"]))
     assert over["lr"] == 0.5, "a flag overrides the preset"
+    named = tr.resolve_config(tr.build_parser().parse_args(["--stage", "1", "--data-root", "x",
+                                                            "--preset", "cpu"]))  # fmt: skip
+    assert named["preset"] == "cpu" and named["crop_size"] == 128
+
+
+def test_first_log_line_names_the_preset_and_every_value_it_sets(tiny_root, tmp_path, caplog):
+    caplog.set_level("INFO", logger="train")
+    args = [*argv(tiny_root, tmp_path / "runs", 1, "--max-iters", "1"), "--preset", "cpu"]
+    assert tr.main(args) == 0
+    first = next(r.getMessage() for r in caplog.records if r.name == "train")
+    assert first.startswith(f"training stage 1 on the Adobe-style data at {tiny_root}")
+    assert "with preset cpu:" in first
+    for key in PRESETS["cpu"]:
+        assert f"{key}=" in first, key
+    # argv() sets these flags: the line says the flag overrode the preset, and with what
+    assert "crop_size=64 (flag; preset 128)" in first and "lr=0.0001 (flag; preset 0.0003)" in first
+    assert "skip=add," in first and "infer_scale=0.5" in first
 
 
 def test_real_photo_scores_are_logged_not_used_for_best(tiny_root, tmp_path):

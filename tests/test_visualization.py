@@ -176,6 +176,27 @@ def test_render_curves_draws_each_group():
     assert abs(mid - (left + right) / 2) < 6  # a straight line: the y axis is logarithmic
 
 
+def test_curves_file_is_a_png_of_the_expected_size_drawn_by_matplotlib(tmp_path):
+    """curves.png is a real PNG (signature, header size) drawn by matplotlib offline."""
+    import sys
+
+    from utils.image_io import image_size
+
+    vis = Visualizer(tmp_path, "curves", enabled=False, curve_every=0)
+    for step in range(0, 300, 10):
+        vis.scalars(step, {"total": 1.0 / (1 + step), "alpha": 0.5 / (1 + step)}, "loss")
+    for step in (100, 200, 300):
+        vis.scalars(step, {"sad": 20.0 - step / 50}, "val")
+    path = vis.write_curves()
+    assert path == tmp_path / "curves.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image_size(path) == (HEADER_H + 2 * 240, 900)  # (H, W): header + 2 groups
+    assert "matplotlib.backends.backend_agg" in sys.modules
+    pixels = read_rgb(path)
+    assert (pixels != 255).any(axis=2).mean() > 0.02, "nothing drawn"
+    vis.close()
+
+
 # --- files only -------------------------------------------------------------------------------
 def test_fallback_without_server_writes_everything(tmp_path, caplog):
     caplog.set_level(logging.INFO)

@@ -134,3 +134,53 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         ) from e
     model.infer_scale = float((state.get("config") or {}).get("infer_scale") or 1.0)
     return model.to(map_location).eval(), state
+
+
+def find_checkpoint(
+    path: str | os.PathLike | None,
+    runs_dir: str | os.PathLike = "runs",
+    names: tuple[str, ...] = ("best.pt", "last.pt"),
+) -> Path:
+    """The checkpoint file a path names: what ``--checkpoint`` means in evaluate.py,
+    predict.py, export.py and the page, and where a stage finds the previous stage's.
+
+    * a file: itself;
+    * a stage folder (``runs/<name>/stage2``): the first of ``names`` it holds (``best.pt``,
+      else ``last.pt``);
+    * a run folder (``runs/<name>``): the highest stage that has a checkpoint, as above;
+    * None: the run folder under ``runs_dir`` when there is exactly one.
+
+    Raises :class:`utils.checkpoint.CheckpointError` naming what was looked for.
+    """
+    if path is None:
+        runs = Path(runs_dir)
+        found = sorted({p.parents[1] for p in runs.glob("*/stage*/*.pt")}) if runs.is_dir() else []
+        if len(found) != 1:
+            what = (
+                "no run folders"
+                if not found
+                else f"{len(found)} runs ({', '.join(map(str, found))})"
+            )
+            raise CheckpointError(
+                f"no --checkpoint given and {runs}/ has {what}: pass --checkpoint with a .pt "
+                "file or a run folder (e.g. runs/<name> or runs/<name>/stage3)"
+            )
+        path = found[0]
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    stages = (
+        [path]
+        if path.name.startswith("stage")
+        else sorted(path.glob("stage*"), key=lambda p: (len(p.name), p.name), reverse=True)
+    )
+    for stage_dir in stages:
+        for name in names:
+            if (stage_dir / name).is_file():
+                return stage_dir / name
+    raise CheckpointError(
+        f"{path} is a folder without a checkpoint (looked for {' and '.join(names)}); "
+        "train one with `python train_encoder_decoder.py --stage 1` or pass a .pt file"
+    )

@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 
 from utils import metrics
-from utils.image_io import read_alpha, write_png
-from utils.inference import DEFAULT_MAX_SIDE
+from utils.image_io import IMAGE_EXTS, read_alpha, write_png
+from utils.tiling import DEFAULT_MAX_SIDE
 
 METRICS = ("sad", "mse", "grad", "conn")
 HEADERS = {"sad": "SAD", "mse": "MSE", "grad": "Grad", "conn": "Conn"}
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 Predictor = Callable[[Any], np.ndarray]  # MattingExample -> alpha float32 (H, W) in [0, 1]
 
@@ -45,44 +44,6 @@ class EvaluationError(ValueError):
 
 
 # --- predictors ------------------------------------------------------------------------------
-def _known_plus(example, unknown_value: float) -> np.ndarray:
-    t = np.asarray(example.trimap)
-    alpha = np.where(t == 255, 1.0, 0.0).astype(np.float32)
-    alpha[t == 128] = unknown_value
-    return alpha
-
-
-def trimap_only(example) -> np.ndarray:
-    """Cheapest baseline: 0 / 1 where the trimap is known, 0.5 in the unknown region."""
-    return _known_plus(example, 0.5)
-
-
-def zeros(example) -> np.ndarray:
-    """0 in the unknown region: a constant that beats 0.5 when the band is mostly background,
-    so both constants are quoted beside a method."""
-    return _known_plus(example, 0.0)
-
-
-def closed_form(example) -> np.ndarray:
-    """Closed-form matting (Levin et al. 2008) via pymatting's ``estimate_alpha_cf``.
-
-    pymatting compiles its kernels with numba on first use (~45 s on a 2-core CPU, cached
-    afterwards), so it is imported here, only when this baseline runs.
-    """
-    from pymatting import estimate_alpha_cf
-
-    t = np.asarray(example.trimap)
-    if not ((t == 0).any() and (t == 255).any()):
-        raise ValueError(
-            f"{example.name}: closed-form matting needs known foreground and background pixels"
-        )
-    alpha = estimate_alpha_cf(np.asarray(example.image, np.float64) / 255.0, t / 255.0)
-    alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
-    known = t != 128
-    alpha[known] = (t[known] == 255).astype(np.float32)  # exactly the trimap where it is sure
-    return alpha
-
-
 def model_predictor(model, **inference_kwargs) -> Predictor:
     """Full-resolution inference of ``model`` (see :func:`utils.inference.predict_alpha`)."""
     from utils.inference import predict_alpha

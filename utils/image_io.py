@@ -23,6 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# The image files every folder listing reads (data folders, test sets, predict.py inputs).
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
 PathLike = str | os.PathLike
 
 

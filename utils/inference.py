@@ -37,24 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.checkpoint import CheckpointError, find_checkpoint, load_model
 from utils.device import check_amp
-
-# The torch-free pieces live in utils/tiling.py (shared with the onnxruntime path); they are
-# re-exported here because evaluate.py, demo.py and the tests import them from this module.
-from utils.tiling import (  # noqa: F401
-    DEFAULT_MAX_SIDE,
-    STRIDE,
-    Tile,
-    add_inference_args,
-    check_inputs,
-    exact_overlap,
-    force_known,
-    infer_padded,
-    plan_tiles,
-    predict_with,
-    resolve_tile,
-    round_up,
-)
+from utils.tiling import predict_with
 
 
 @contextlib.contextmanager
@@ -148,54 +133,6 @@ def predict_alpha(
 
 
 # --- checkpoints for inference ---------------------------------------------------------------
-def resolve_checkpoint(
-    path: str | os.PathLike | None, runs_dir: str | os.PathLike = "runs"
-) -> Path:
-    """Turn what a user passes as ``--checkpoint`` into a checkpoint file.
-
-    * a file: itself;
-    * a stage folder (``runs/<name>/stage2``): its ``best.pt``, else ``last.pt``;
-    * a run folder (``runs/<name>``): the highest stage that has a checkpoint, as above;
-    * None: the run folder under ``runs_dir`` when there is exactly one.
-
-    Raises :class:`utils.checkpoint.CheckpointError` naming what was looked for.
-    """
-    from utils.checkpoint import CheckpointError
-
-    if path is None:
-        runs = Path(runs_dir)
-        found = sorted({p.parents[1] for p in runs.glob("*/stage*/*.pt")}) if runs.is_dir() else []
-        if len(found) != 1:
-            what = (
-                "no run folders"
-                if not found
-                else f"{len(found)} runs ({', '.join(map(str, found))})"
-            )
-            raise CheckpointError(
-                f"no --checkpoint given and {runs}/ has {what}: pass --checkpoint with a .pt "
-                "file or a run folder (e.g. runs/<name> or runs/<name>/stage3)"
-            )
-        path = found[0]
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    stages = (
-        [path]
-        if path.name.startswith("stage")
-        else sorted(path.glob("stage*"), key=lambda p: (len(p.name), p.name), reverse=True)
-    )
-    for stage_dir in stages:
-        for name in ("best.pt", "last.pt"):
-            if (stage_dir / name).is_file():
-                return stage_dir / name
-    raise CheckpointError(
-        f"{path} is a folder without a checkpoint (looked for stage*/best.pt and last.pt); "
-        "train one with `python train_encoder_decoder.py --stage 1` or pass a .pt file"
-    )
-
-
 def load_model_for_inference(
     checkpoint: str | os.PathLike | None,
     device: str | torch.device = "cpu",
@@ -203,14 +140,12 @@ def load_model_for_inference(
 ) -> tuple[torch.nn.Module, dict, Path]:
     """Load a project checkpoint (any stage) for inference: ``(model in eval mode, state, path)``.
 
-    ``checkpoint`` goes through :func:`resolve_checkpoint`. ``stage``, when given, must match
-    the checkpoint's ``state["stage"]``. Every failure - missing file, a file that is not a
-    checkpoint of this project, weights that do not fit the architecture it declares, a stage
-    mismatch - raises :class:`utils.checkpoint.CheckpointError` naming the file.
+    ``checkpoint`` goes through :func:`utils.checkpoint.find_checkpoint`. ``stage``, when
+    given, must match the checkpoint's ``state["stage"]``. Every failure - missing file, a file
+    that is not a checkpoint of this project, weights that do not fit the architecture it
+    declares, a stage mismatch - raises :class:`utils.checkpoint.CheckpointError` naming the file.
     """
-    from utils.checkpoint import CheckpointError, load_model
-
-    path = resolve_checkpoint(checkpoint)
+    path = find_checkpoint(checkpoint)
     try:
         model, state = load_model(path, map_location=device)
     except CheckpointError:

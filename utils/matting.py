@@ -57,7 +57,7 @@ def matte(
 
     if model is None:
         from data.testsets import MattingExample
-        from utils.evaluation import closed_form
+        from utils.baselines import closed_form
 
         alpha = closed_form(MattingExample("input", image, trimap, None))
     elif isinstance(model, OnnxMatting):

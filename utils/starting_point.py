@@ -19,7 +19,7 @@ from models.py_encoder_decoder import (
     vgg_hub_cache_file,
 )
 from models.stages import Stage
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from utils.train_args import RESUME_FREE_KEYS, TrainerError
 
 log = logging.getLogger("train")
@@ -113,15 +113,16 @@ def open_start(
     for a stage that starts from one), loaded; (None, None) for VGG/random init."""
     if init is None and stage.starts_from is not None:
         prev = run_dir / f"stage{stage.starts_from}" / "best.pt"
-        if not prev.is_file():
+        try:
+            init = find_checkpoint(prev.parent, names=(prev.name,))
+        except CheckpointError:
             raise TrainerError(
                 f"stage {stage_number} starts from stage {stage.starts_from}'s best checkpoint, "
                 f"but {prev} does not exist. Make it with:\n"
                 f"  python train_encoder_decoder.py --stage {stage.starts_from} "
                 f"--run-name {cfg['run_name']} --runs-dir {cfg['runs_dir']}\n"
                 "or pass --init PATH."
-            )
-        init = prev
+            ) from None
     return (None, None) if init is None else (Path(init), load_checkpoint(init))
 
 

@@ -7,11 +7,11 @@ everything around it - padding, tiles, cropping back - is the same code for both
 
 Padding
 -------
-The network needs H and W that are multiples of 32 (five 2x2 max-pools). :func:`pad_amounts`
-is THE rule: the padding is split evenly between opposite sides (the extra pixel goes
-right/bottom), reflected, or replicated where a side is too small to mirror.
-:func:`pad_to_multiple` applies it to numpy arrays, ``models.py_encoder_decoder.pad_to_multiple``
-to torch tensors; :func:`crop_back` undoes it for either.
+The network needs H and W that are multiples of its stride (32: five 2x2 max-pools).
+:func:`pad_amounts` is the rule: the padding is split evenly between opposite sides (the extra
+pixel goes right/bottom), reflected, or replicated where a side is too small to mirror.
+:func:`pad_to_multiple` applies it (every caller pads through it); :func:`crop_back` undoes
+it, on numpy arrays and torch tensors alike.
 
 Tiling (bounded memory)
 -----------------------
@@ -57,7 +57,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from data import layout
-from utils.image_io import MAX_PIXELS
 
 STRIDE = 32  # the pooling grid of VGG16-BN (five 2x2 max-pools); models state their own
 DEFAULT_MAX_SIDE = 1600  # the CLIs' default: windows of <= 1600 x 1600 px (~4 GB on CPU)
@@ -89,9 +88,8 @@ def pad_to_multiple(
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Pad the last two dims of a numpy array (..., H, W) up to multiples of ``multiple``.
 
-    The numpy twin of ``models.py_encoder_decoder.pad_to_multiple`` (same :func:`pad_amounts`,
-    same values: numpy's "reflect"/"edge" are torch's "reflect"/"replicate"). ``mode`` is
-    "reflect", "replicate" or "constant" (zeros). Returns ``(padded, pads)`` with ``pads =
+    ``mode`` is "reflect", "replicate" (numpy's "edge") or "constant" (zeros); see
+    :func:`pad_amounts` for when "reflect" falls back. Returns ``(padded, pads)`` with ``pads =
     (left, right, top, bottom)``, what :func:`crop_back` needs; aligned inputs are returned as is.
     """
     if x.ndim < 2:
@@ -249,14 +247,6 @@ def at_scale(predict, image_u8: np.ndarray, trimap_u8: np.ndarray, scale: float)
     return force_known(np.clip(alpha, 0.0, 1.0), trimap_u8)
 
 
-def check_inputs(image_u8: np.ndarray, trimap_u8: np.ndarray) -> None:
-    """Raise ValueError unless ``image_u8`` is (H, W, 3) and ``trimap_u8`` is (H, W)."""
-    if image_u8.ndim != 3 or image_u8.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image_u8.shape}")
-    if trimap_u8.ndim != 2:
-        raise ValueError(f"trimap must be (H, W), got shape {trimap_u8.shape}")
-
-
 def infer_padded(
     forward: Callable[[np.ndarray], np.ndarray],
     data: np.ndarray,
@@ -307,7 +297,7 @@ def predict_with(
     """
     image_u8 = np.asarray(image_u8)
     trimap_u8 = np.asarray(trimap_u8)
-    check_inputs(image_u8, trimap_u8)
+    layout.check_image_and_trimap(image_u8, trimap_u8)
     if not (trimap_u8 == layout.TRIMAP_UNKNOWN).any():  # nothing to infer: no network input
         return force_known(np.zeros(trimap_u8.shape, np.float32), trimap_u8)
     if overlap is None:
@@ -320,68 +310,3 @@ def predict_with(
         return force_known(infer_padded(forward, data, core, overlap, stride), trimap)
 
     return at_scale(run, image_u8, trimap_u8, scale)
-
-
-# --- command line ----------------------------------------------------------------------------
-def add_checkpoint_args(parser) -> None:
-    """``--checkpoint`` and ``--stage`` as predict.py and export.py take them (resolved by
-    ``utils.inference.load_model_for_inference``)."""
-    parser.add_argument(
-        "--checkpoint",
-        help="a .pt file or a run folder (runs/<name>: highest stage's best.pt); "
-        "default: the only run under runs/",
-    )
-    parser.add_argument(
-        "--stage", type=int, choices=(1, 2, 3), help="refuse a checkpoint of another stage"
-    )
-
-
-def scale_arg(text: str) -> float:
-    """argparse type of ``--infer-scale``: a number in (0, 1]."""
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def add_inference_args(parser) -> None:
-    """Add the inference flags every CLI shares (evaluate.py, predict.py): device, AMP, tiles."""
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
-    parser.add_argument(
-        "--amp",
-        choices=("off", "auto", "bf16", "fp16"),
-        default="off",
-        help="autocast for inference: bf16 (CUDA or CPU) or fp16 (CUDA); off keeps float32",
-    )
-    parser.add_argument(
-        "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
-    )
-    parser.add_argument(
-        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
-    )
-    parser.add_argument(
-        "--max-side",
-        type=int,
-        default=DEFAULT_MAX_SIDE,
-        help="tile images whose long side exceeds this (bounded memory); 0 = never",
-    )
-    parser.add_argument(
-        "--infer-scale",
-        type=scale_arg,
-        default=None,
-        help="run the network on the image resized by this factor in (0, 1] and bring the "
-        "alpha back to full size; unset: the scale stored with the model (chosen on its "
-        "validation split when it was trained), 1 = full resolution as in the paper",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=MAX_PIXELS,
-        help="refuse inputs whose header declares more pixels than this, before decoding "
-        "(a tiny PNG can declare a 30000x30000 image); raise it if the machine has the memory",
-    )

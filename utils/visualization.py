@@ -256,89 +256,6 @@ def build_panel(
 
 
 # --- loss curves -----------------------------------------------------------------------------
-def _nice_ticks(lo: float, hi: float, n: int = 5, min_step: float = 0.0) -> list[float]:
-    """About ``n`` round tick values in [lo, hi], at least ``min_step`` apart."""
-    span = hi - lo
-    if not math.isfinite(span) or span <= 0:
-        return [lo]
-    raw = span / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = max(next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), min_step)
-    first = math.ceil(lo / step) * step
-    return [first + k * step for k in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _plot_group(
-    name: str,
-    traces: Mapping[str, Sequence[tuple[int, float]]],
-    width: int,
-    height: int,
-    markers: bool = False,
-) -> np.ndarray:
-    """One scalar group as an RGB uint8 (height, width, 3) line plot (dots on the points)."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 62, 150, 24, 30
-    x0, x1, y0, y1 = left, width - right, top, height - bottom
-    series = {k: np.asarray(v, np.float64).reshape(-1, 2) for k, v in traces.items() if len(v)}
-    _text(img, name, (left, 16), x1 - left, scale=0.5)
-    if not series:
-        return img
-    allp = np.concatenate(list(series.values()))
-    xs, ys = allp[:, 0], allp[:, 1]
-    # log axis when a positive quantity spans decades (learning rate schedules, early losses)
-    logy = bool((ys > 0).all() and ys.max() / ys.min() >= 50)
-    if logy:
-        series = {k: np.column_stack([v[:, 0], np.log10(v[:, 1])]) for k, v in series.items()}
-        ys = np.log10(ys)
-    xlo, xhi = float(xs.min()), float(xs.max())
-    ylo, yhi = float(ys.min()), float(ys.max())
-    if xhi == xlo:
-        xlo, xhi = xlo - 1, xhi + 1
-    if yhi == ylo:
-        d = abs(ylo) * 0.1 or 1.0
-        ylo, yhi = ylo - d, yhi + d
-    pad = 0.05 * (yhi - ylo)
-    ylo, yhi = ylo - pad, yhi + pad
-
-    def px(x):
-        return x0 + (np.asarray(x) - xlo) / (xhi - xlo) * (x1 - x0)
-
-    def py(y):
-        return y1 - (np.asarray(y) - ylo) / (yhi - ylo) * (y1 - y0)
-
-    grid, axis = (232, 232, 232), (90, 90, 90)
-    yticks = [float(t) for t in range(math.ceil(ylo), math.floor(yhi) + 1)] if logy else []
-    if len(yticks) < 2:
-        yticks = _nice_ticks(ylo, yhi)
-    for t in yticks:
-        yy = round(float(py(t)))
-        cv2.line(img, (x0, yy), (x1, yy), grid, 1)
-        label = _fmt(10**t) if logy else _fmt(t)
-        _text(img, label, (4, yy + 4), left - 8, scale=0.35)
-    for t in _nice_ticks(xlo, xhi, min_step=1.0):  # iterations are integers
-        xx = round(float(px(t)))
-        cv2.line(img, (xx, y0), (xx, y1), grid, 1)
-        _text(img, _fmt(t), (xx - 10, y1 + 14), 60, scale=0.35)
-    cv2.rectangle(img, (x0, y0), (x1, y1), axis, 1)
-    _text(img, "iteration" + ("   (log y)" if logy else ""), (x1 - 110, height - 4), 110, 0.35)
-    for k, (key, v) in enumerate(series.items()):
-        color = PALETTE[k % len(PALETTE)]
-        v = v[np.argsort(v[:, 0], kind="stable")]
-        if len(v) > 4 * width:  # more points than pixels: thin evenly, keep the ends
-            v = v[np.linspace(0, len(v) - 1, 4 * width).astype(int)]
-        pts = np.column_stack([px(v[:, 0]), py(v[:, 1])]).round().astype(np.int32)
-        if len(pts) > 1:
-            cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, color, 2, cv2.LINE_AA)
-        if markers or len(pts) == 1:
-            for p in pts:
-                cv2.circle(img, (int(p[0]), int(p[1])), 3, color, -1, cv2.LINE_AA)
-        ly = top + 8 + 16 * k
-        cv2.line(img, (x1 + 8, ly - 4), (x1 + 26, ly - 4), color, 3)
-        last = traces[key][-1][1]
-        _text(img, f"{key} {_fmt(last)}", (x1 + 30, ly), right - 34, scale=0.38)
-    return img
-
-
 def render_curves(
     history: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
     title: str = "",
@@ -346,15 +263,45 @@ def render_curves(
     plot_height: int = 240,
     marker_groups: Sequence[str] = (),
 ) -> np.ndarray:
-    """All scalar groups stacked vertically: RGB uint8 (HEADER_H + G*plot_height, width, 3).
+    """All scalar groups stacked vertically, drawn by matplotlib (Agg, offline, its bundled
+    font): RGB uint8 (HEADER_H + G * plot_height, width, 3).
 
     ``history[group][name]`` is a sequence of (step, value) pairs; non-finite values must
-    already be dropped. A group whose positive values span 50x or more gets a log y axis.
+    already be dropped. A group whose positive values span 50x or more gets a log y axis;
+    ``marker_groups`` (sparse series such as validation) get a dot on every point. Each legend
+    entry ends with the series' last value.
     """
-    header = np.full((HEADER_H, width, 3), 255, np.uint8)
-    _text(header, title, (PAD, HEADER_H - 8), width - 2 * PAD, scale=0.5)
-    plots = [_plot_group(g, t, width, plot_height, g in marker_groups) for g, t in history.items()]
-    return np.concatenate([header, *plots], axis=0)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi, height = 100, HEADER_H + len(history) * plot_height
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    fig.text(PAD / width, 1 - (HEADER_H - 6) / height, title, fontsize=9)
+    left, right = 62 / width, (width - 150) / width  # room for tick labels and the legend
+    for i, (group, traces) in enumerate(history.items()):
+        top, bottom = HEADER_H + i * plot_height + 24, HEADER_H + (i + 1) * plot_height - 34
+        ax = fig.add_axes((left, 1 - bottom / height, right - left, (bottom - top) / height))
+        ax.set_title(group, loc="left", fontsize=9)
+        ax.grid(color="0.9")
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("iteration", fontsize=7, loc="right")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # iterations are integers
+        series = {k: np.asarray(v, np.float64).reshape(-1, 2) for k, v in traces.items() if len(v)}
+        if not series:
+            continue
+        ys = np.concatenate([v[:, 1] for v in series.values()])
+        if (ys > 0).all() and ys.max() / ys.min() >= 50:  # lr schedules, early losses
+            ax.set_yscale("log")
+        for k, (name, v) in enumerate(series.items()):
+            order = np.argsort(v[:, 0], kind="stable")
+            marker = "o" if group in marker_groups or len(v) == 1 else None
+            color = np.array(PALETTE[k % len(PALETTE)]) / 255
+            label = f"{name} {_fmt(v[-1, 1])}"
+            ax.plot(v[order, 0], v[order, 1], color=color, lw=2, marker=marker, ms=4, label=label)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 # --- the visdom client -----------------------------------------------------------------------
