@@ -198,8 +198,7 @@ class Matter:
 
     def use_checkpoint(self, path: str, device="cpu") -> str:
         """Switch to the DIM checkpoint at ``path``; :class:`DemoError` if it is not one."""
-        from utils.checkpoint import CheckpointError
-        from utils.inference import load_model_for_inference
+        from utils.checkpoint import CheckpointError, load_model_for_inference
 
         try:
             model, state, ckpt = load_model_for_inference(path, device)
@@ -375,9 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up pings
-    from utils.checkpoint import CheckpointError
+    from utils.checkpoint import CheckpointError, load_model_for_inference
     from utils.device import check_amp, pick_device
-    from utils.inference import load_model_for_inference
 
     if args.preview_side < 64:
         print("demo.py: error: --preview-side must be >= 64", file=sys.stderr)
@@ -406,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         overlap=args.overlap,
         max_side=args.max_side or None,
         scale=args.infer_scale,
+        tta=args.tta,
     )
     app, out_dir = build_app(matter)
     print(f"matting with {matter.label}; open http://{args.host}:{args.port} (Ctrl-C stops)")

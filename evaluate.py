@@ -44,7 +44,7 @@ import numpy as np
 
 from data.sources import DataSourceError
 from utils.baselines import closed_form, trimap_only
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, load_model_for_inference
 from utils.cli import add_inference_args
 from utils.device import check_amp, pick_device
 from utils.evaluation import (
@@ -56,7 +56,6 @@ from utils.evaluation import (
     write_report,
 )
 from utils.image_io import ImageReadError
-from utils.inference import load_model_for_inference
 
 log = logging.getLogger("evaluate")
 
@@ -193,6 +192,7 @@ def _run(args) -> int:
             overlap=args.overlap,
             max_side=max_side,
             scale=args.infer_scale,
+            tta=args.tta,
         )
         meta.update(
             checkpoint=str(ckpt),
@@ -204,6 +204,7 @@ def _run(args) -> int:
             overlap=args.overlap,
             max_side=max_side,
             infer_scale=model.infer_scale if args.infer_scale is None else args.infer_scale,
+            tta=args.tta,
         )
         log.info("checkpoint %s (stage %s) on %s", ckpt, state.get("stage"), device)
 

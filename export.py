@@ -9,8 +9,8 @@ unpooling included, with dynamic batch, height and width:
 
     input   x              (N, 4, H, W) float32: data/layout.make_data's ImageNet-normalised RGB
                            + scaled trimap, H and W multiples of 32 -- the ONNX model expects
-                           padded input: pad with utils/tiling.pad_to_multiple (numpy) and crop
-                           the outputs with utils/tiling.crop_back, or let
+                           padded input: pad with utils/inference.pad_to_multiple (numpy) and crop
+                           the outputs with utils/inference.crop_back, or let
                            utils/onnx_inference.py do it all (predict.py --onnx uses it)
     output  alpha_raw      (N, 1, H, W) float32 in [0, 1]
     output  alpha_refined  (N, 1, H, W) float32 in [0, 1], only for checkpoints with a refine
@@ -107,7 +107,7 @@ def onnx_metadata(model: DIM, stage: int | None, source: str | os.PathLike) -> d
         "source_checkpoint": str(source),
         "torch": torch.__version__,
         "input": f"{INPUT}: (N, 4, H, W) float32, H and W multiples of 32, data/layout.make_data "
-        "padded with utils/tiling.pad_to_multiple",
+        "padded with utils/inference.pad_to_multiple",
     }
 
 
@@ -212,8 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from utils.checkpoint import CheckpointError
-    from utils.inference import load_model_for_inference
+    from utils.checkpoint import CheckpointError, load_model_for_inference
 
     out = Path(args.out)
     try:

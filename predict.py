@@ -284,6 +284,7 @@ def _run(args) -> int:
         overlap=args.overlap,
         max_side=args.max_side or None,
         scale=args.infer_scale,
+        tta=args.tta,
     )
     if args.onnx is not None:
         from utils.onnx_inference import load_onnx_model
@@ -316,8 +317,8 @@ def _run(args) -> int:
 
 def _torch_model(args):
     """(model or None for closed-form, label, torch device) from the torch-path flags."""
+    from utils.checkpoint import load_model_for_inference
     from utils.device import check_amp, pick_device
-    from utils.inference import load_model_for_inference
 
     try:
         device = pick_device(args.device)

@@ -87,7 +87,7 @@ def _worker(args: argparse.Namespace) -> dict:
         info["run_px"] = info["window_px"]
         return tiles
 
-    tiling.plan_tiles = sampled_plan  # what utils.tiling.infer_padded calls
+    tiling.plan_tiles = sampled_plan  # what utils.inference.infer_padded calls
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

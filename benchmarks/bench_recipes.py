@@ -38,8 +38,8 @@ import numpy as np
 
 from benchmarks import common
 from utils.baselines import closed_form, trimap_only
+from utils.checkpoint import load_model_for_inference
 from utils.evaluation import evaluate_model, load_examples, score
-from utils.inference import load_model_for_inference
 
 ROOT = common.ROOT
 TRAIN = [sys.executable, str(ROOT / "train_encoder_decoder.py")]

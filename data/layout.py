@@ -1,7 +1,6 @@
 """THE sample layout: the one place that knows channel indices and value scales.
 
-A training sample is a pair of float32 tensors, as in the repository this project
-descends from:
+A training sample is a pair of float32 tensors:
 
 ``data``  (4, H, W)
     0:3  RGB composite, ImageNet-normalised: (rgb/255 - mean) / std

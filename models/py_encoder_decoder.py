@@ -7,8 +7,8 @@ Shapes and ranges (everything here is NCHW; ``channels_last`` memory format work
     refined    (N, 1, H, W) float in [0, 1]  -- refine head output, or None without a head
 
 H and W must be multiples of ``model.stride`` (32: five 2x2 poolings). For other sizes pad
-with :func:`utils.tiling.pad_to_multiple` and crop the prediction with
-:func:`utils.tiling.crop_back` (utils/inference.py does both for whole images).
+with :func:`utils.inference.pad_to_multiple` and crop the prediction with
+:func:`utils.inference.crop_back` (utils/inference.py does both for whole images).
 
 The architecture is one record, :class:`ModelConfig`: ``DIM(config)`` builds it, checkpoints
 store it (``model_config``), a resume compares it, the trainer's model flags come from it.
@@ -32,7 +32,7 @@ Parts
                  its output is added to the raw alpha (see :class:`RefineHead`).
 
 The model states its ``stride`` and ``receptive_field`` (px an input pixel can reach, followed
-through every path of the network); tiled inference (utils/tiling.py) reads them.
+through every path of the network); tiled inference (utils/inference.py) reads them.
 
 Run ``python models/py_encoder_decoder.py`` for the self-test.
 """
@@ -534,7 +534,7 @@ class DIM(nn.Module):
     def receptive_field(self) -> int:
         """How far (px, either side) an input pixel can change an output pixel, the most over
         the ``stride`` phases of the pooling grid. Tiles with at least this much context
-        equal whole-image inference (utils/tiling.py)."""
+        equal whole-image inference (utils/inference.py)."""
 
         def span(lo: int, hi: int) -> tuple[int, int]:
             if self.refine_head is not None:
@@ -571,8 +571,8 @@ def check_input(data: Tensor, multiple: int = MULTIPLE) -> None:
     if h % multiple or w % multiple:
         raise ValueError(
             f"DIM needs height and width that are multiples of {multiple}, got {h}x{w}: pad with "
-            "utils.tiling.pad_to_multiple(data) and cut the prediction back with "
-            "utils.tiling.crop_back(pred, pads) (utils/inference.py does both for whole images)"
+            "utils.inference.pad_to_multiple(data) and cut the prediction back with "
+            "utils.inference.crop_back(pred, pads) (utils/inference.py does both for whole images)"
         )
 
 

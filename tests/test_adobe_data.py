@@ -124,7 +124,7 @@ def test_workers_draw_distinct_repeatable_samples(one_pair, tmp_path):
     kw = dict(batch_size=1, num_workers=2, worker_init_fn=worker_init_fn, persistent_workers=True)
     loader = torch.utils.data.DataLoader(ds, **kw)
     parallel = _labels(loader)
-    # every sample differs from every other (the old loader repeated them across workers)
+    # every sample differs from every other (no repeats across workers)
     for i in range(len(parallel)):
         for j in range(i):
             assert not torch.equal(parallel[i], parallel[j])

@@ -30,9 +30,8 @@ from benchmarks.common import PeakMemory
 from data.synthetic import ensure_synthetic
 from models.py_encoder_decoder import DIM
 from tests.helpers import TINY_SYNTHETIC, random_checkpoint
-from utils.checkpoint import load_checkpoint
-from utils.inference import load_model_for_inference, predict_alpha
-from utils.tiling import exact_overlap
+from utils.checkpoint import load_checkpoint, load_model_for_inference
+from utils.inference import exact_overlap, predict_alpha
 
 CPU = pytest.param("cpu", id="cpu")
 CUDA = pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)

@@ -18,9 +18,9 @@ import export
 import predict
 from data import layout
 from models.py_encoder_decoder import DIM
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import load_model_for_inference, save_checkpoint
 from utils.image_io import read_gray, read_rgb, write_png
-from utils.inference import load_model_for_inference, predict_alpha
+from utils.inference import predict_alpha
 from utils.onnx_inference import OnnxModelError, load_onnx_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,21 @@ from models.py_encoder_decoder import (
     conv_span,
 )
 from utils import device as device_mod
-from utils.checkpoint import CheckpointError, find_checkpoint, save_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_model_for_inference,
+    save_checkpoint,
+)
 from utils.device import check_amp
-from utils.inference import eval_mode, load_model_for_inference, predict_alpha
-from utils.tiling import exact_overlap, plan_tiles, resolve_tile
+from utils.inference import (
+    eval_mode,
+    exact_overlap,
+    plan_tiles,
+    predict_alpha,
+    resolve_tile,
+    with_tta,
+)
 
 
 class PointwiseModel(nn.Module):
@@ -295,6 +306,41 @@ def test_a_toy_encoder_plugs_in_and_tiles_exactly(monkeypatch):
     assert np.abs(thin - whole).max() > 1e-3  # too little context shows: the check can fail
 
 
+# --- test-time augmentation -------------------------------------------------------------------
+def test_tta_none_is_the_plain_forward_and_unknown_modes_are_refused():
+    def forward(w):
+        return w[0, 0]
+
+    assert with_tta(forward, "none") is forward  # today's path, untouched
+    with pytest.raises(ValueError, match="tta must be one of none, flip, d4"):
+        with_tta(forward, "rot")
+
+
+@pytest.mark.slow
+def test_tta_predictions_follow_the_flips_and_turns_of_the_photo(sharp_dim):
+    """With flip, the alpha of a mirrored photo is the mirrored alpha; with d4 the same holds
+    for quarter turns; both differ from no TTA (the network is not symmetric), and tiles with
+    TTA still equal the whole image."""
+    model = sharp_dim[0]
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)  # multiples of 32: no padding
+    trimap = np.full((64, 96), 128, np.uint8)
+    trimap[:8] = 0
+    plain = predict_alpha(model, image, trimap)
+    flip = predict_alpha(model, image, trimap, tta="flip")
+    mirrored = predict_alpha(model, image[:, ::-1], trimap[:, ::-1], tta="flip")
+    np.testing.assert_allclose(mirrored, flip[:, ::-1], atol=1e-5, rtol=0)
+    assert np.abs(flip - plain).max() > 1e-3
+    d4 = predict_alpha(model, image, trimap, tta="d4")
+    turned = predict_alpha(model, np.rot90(image), np.rot90(trimap), tta="d4")
+    np.testing.assert_allclose(turned, np.rot90(d4), atol=1e-5, rtol=0)
+    wide = rng.integers(0, 256, (64, 704, 3), dtype=np.uint8)
+    band = np.full((64, 704), 128, np.uint8)
+    whole = predict_alpha(model, wide, band, tta="flip")
+    np.testing.assert_allclose(predict_alpha(model, wide, band, tile=352, tta="flip"), whole,
+                               atol=1e-5, rtol=0)  # fmt: skip
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -394,7 +440,7 @@ def test_model_infer_scale_is_the_default_and_an_argument_overrides_it():
 
 
 def test_scaled_trimap_keeps_a_thin_unknown_band():
-    from utils.tiling import scale_trimap
+    from utils.inference import scale_trimap
 
     trimap = np.zeros((100, 100), np.uint8)
     trimap[:, 50:] = 255
@@ -406,7 +452,7 @@ def test_scaled_trimap_keeps_a_thin_unknown_band():
 
 
 def test_inference_scale_is_checked_and_tiny_images_are_not_shrunk():
-    from utils.tiling import MIN_SCALED_SIDE, resolve_scale
+    from utils.inference import MIN_SCALED_SIDE, resolve_scale
 
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match=r"inference scale must be in \(0, 1\]"):

@@ -40,7 +40,7 @@ def test_alpha_loss_hand_computed():
 
 
 def test_alpha_loss_errors_do_not_cancel():
-    """+d and -d errors both count (the old repository's signed sum cancelled them)."""
+    """+d and -d errors both count (a signed sum would cancel them)."""
     gt = _t([[0.5, 0.5]])
     pred = _t([[0.7, 0.3]])
     assert AlphaPredLoss()(pred, gt, torch.ones_like(gt)).item() == pytest.approx(0.2, rel=1e-6)

@@ -20,7 +20,7 @@ from models.py_encoder_decoder import (
     load_vggbn,
     unpool2x_elementwise,
 )
-from utils import tiling
+from utils import inference
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG_URL = torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1.url
@@ -113,7 +113,7 @@ def test_untrained_refine_head_is_identity_and_residual_is_added():
 
 @pytest.mark.parametrize("shape", [(1, 4, 65, 64), (1, 4, 64, 48), (1, 4, 31, 32)])
 def test_sizes_not_multiple_of_32_are_rejected(shape, shared_model):
-    with pytest.raises(ValueError, match=r"multiples of 32.*utils.tiling.pad_to_multiple"):
+    with pytest.raises(ValueError, match=r"multiples of 32.*utils.inference.pad_to_multiple"):
         shared_model(torch.zeros(shape))
 
 
@@ -165,14 +165,14 @@ def test_channels_last_and_bf16_autocast():
     assert model.encoder.stages[0][0].weight.grad is not None
 
 
-# --- padding (utils/tiling.py, the one padding rule) -----------------------------------------
+# --- padding (utils/inference.py, the one padding rule) -----------------------------------------
 @pytest.mark.parametrize("shape", [(1, 4, 37, 50), (2, 3, 65, 33), (33, 70), (3, 31, 31)])
 def test_pad_crop_round_trip(shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    padded, pads = tiling.pad_to_multiple(x)
+    padded, pads = inference.pad_to_multiple(x)
     assert padded.shape[-2] % 32 == 0 and padded.shape[-1] % 32 == 0
     assert padded.shape[:-2] == x.shape[:-2]
-    np.testing.assert_array_equal(tiling.crop_back(padded, pads), x)
+    np.testing.assert_array_equal(inference.crop_back(padded, pads), x)
     # reflect: the row above the image mirrors the image's second row
     if pads[2] > 0:
         np.testing.assert_array_equal(
@@ -182,20 +182,20 @@ def test_pad_crop_round_trip(shape):
 
 def test_pad_tiny_and_integer_inputs_fall_back_to_replicate():
     x = np.arange(15, dtype=np.uint8).reshape(1, 1, 3, 5)
-    padded, pads = tiling.pad_to_multiple(x)  # pads of 13-15 px exceed the sides
+    padded, pads = inference.pad_to_multiple(x)  # pads of 13-15 px exceed the sides
     assert padded.shape == (1, 1, 32, 32) and padded.dtype == np.uint8
-    np.testing.assert_array_equal(tiling.crop_back(padded, pads), x)
+    np.testing.assert_array_equal(inference.crop_back(padded, pads), x)
     assert padded[0, 0, 0, 0] == x[0, 0, 0, 0]  # replicated corner
 
 
 def test_aligned_input_is_not_padded_and_padded_input_runs(shared_model):
     x = _data(1, 64, 64).numpy()
-    same, pads = tiling.pad_to_multiple(x)
+    same, pads = inference.pad_to_multiple(x)
     assert pads == (0, 0, 0, 0) and np.shares_memory(same, x)
-    padded, pads = tiling.pad_to_multiple(_data(1, 50, 45).numpy())
+    padded, pads = inference.pad_to_multiple(_data(1, 50, 45).numpy())
     with torch.no_grad():
         raw, _ = shared_model(torch.from_numpy(padded))
-    assert tiling.crop_back(raw, pads).shape == (1, 1, 50, 45)
+    assert inference.crop_back(raw, pads).shape == (1, 1, 50, 45)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 4, 6), (2, 3, 32, 64), (1, 64, 96, 32)])

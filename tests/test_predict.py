@@ -84,6 +84,20 @@ def test_cli_alpha_rgba_and_composite(checkpoint, inputs, tmp_path):
     np.testing.assert_array_equal(comp[opaque], rgba[..., :3][opaque])
 
 
+def test_tta_flag_reaches_the_network(checkpoint, inputs, tmp_path):
+    """--tta flip averages the network over the mirror: another alpha than --tta none, which
+    is the default and equals a run without the flag."""
+    image, trimap = inputs["dir"] / "images" / "cat.png", inputs["dir"] / "trimaps" / "cat.png"
+    argv = ["--checkpoint", str(checkpoint), "--device", "cpu", "--fg-method", "none",
+            "--image", str(image), "--trimap", str(trimap), "--infer-scale", "1"]  # fmt: skip
+    alphas = {}
+    for name, extra in (("plain", []), ("none", ["--tta", "none"]), ("flip", ["--tta", "flip"])):
+        assert predict.main([*argv, *extra, "--out", str(tmp_path / name)]) == 0
+        alphas[name] = read_gray(tmp_path / name / "cat_alpha.png")
+    np.testing.assert_array_equal(alphas["plain"], alphas["none"])
+    assert (alphas["flip"] != alphas["none"]).any()
+
+
 def test_folders_in_folder_out(checkpoint, inputs, tmp_path):
     out = tmp_path / "out"
     argv = ["--checkpoint", str(checkpoint.parents[1]), "--device", "cpu", "--fg-method", "none"]

@@ -120,7 +120,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
     Returns ``(model, state)``; the model is in eval mode on ``map_location``, with
     ``model.infer_scale`` the inference scale its run chose (1 when the checkpoint has none;
-    see :mod:`utils.tiling`).
+    see :mod:`utils.inference`).
     """
     from models.py_encoder_decoder import build_model
 
@@ -184,3 +184,34 @@ def find_checkpoint(
         f"{path} is a folder without a checkpoint (looked for {' and '.join(names)}); "
         "train one with `python train_encoder_decoder.py --stage 1` or pass a .pt file"
     )
+
+
+def load_model_for_inference(
+    checkpoint: str | os.PathLike | None,
+    device: str | torch.device = "cpu",
+    stage: int | None = None,
+) -> tuple[torch.nn.Module, dict, Path]:
+    """Load a project checkpoint (any stage) for inference: ``(model in eval mode, state, path)``.
+
+    ``checkpoint`` goes through :func:`utils.checkpoint.find_checkpoint`. ``stage``, when
+    given, must match the checkpoint's ``state["stage"]``. Every failure - missing file, a file
+    that is not a checkpoint of this project, weights that do not fit the architecture it
+    declares, a stage mismatch - raises :class:`utils.checkpoint.CheckpointError` naming the file.
+    """
+    path = find_checkpoint(checkpoint)
+    try:
+        model, state = load_model(path, map_location=device)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:  # e.g. a model_config of another project
+        raise CheckpointError(
+            f"{path} is not a Deep Image Matting checkpoint of this project: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    got = state.get("stage")
+    if stage is not None and got != stage:
+        raise CheckpointError(
+            f"{path} is a stage-{got} checkpoint but stage {stage} was asked for; pass the "
+            f"stage-{stage} checkpoint (runs/<name>/stage{stage}/best.pt) or drop --stage"
+        )
+    return model, state, path

@@ -8,7 +8,7 @@ import argparse
 import math
 
 from utils.image_io import MAX_PIXELS
-from utils.tiling import DEFAULT_MAX_SIDE
+from utils.inference import DEFAULT_MAX_SIDE, TTA
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -86,7 +86,10 @@ def add_inference_args(parser) -> None:
         "--tile", type=int, help="tile size in px; unset: whole image unless --max-side applies"
     )
     parser.add_argument(
-        "--overlap", type=int, help="tile context in px; unset: the exact overlap (224 px)"
+        "--overlap",
+        type=int,
+        help="tile context in px; unset: the model's receptive field rounded up to its stride "
+        "(exact tiling; 224 px for the default architecture)",
     )
     parser.add_argument(
         "--max-side",
@@ -101,6 +104,13 @@ def add_inference_args(parser) -> None:
         help="run the network on the image resized by this factor in (0, 1] and bring the "
         "alpha back to full size; unset: the scale stored with the model (chosen on its "
         "validation split when it was trained), 1 = full resolution as in the paper",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=tuple(TTA),
+        default="none",
+        help="test-time augmentation: average the network over the image and its mirror "
+        "(flip, 2x the compute) or its 8 quarter turns and mirrors (d4, 8x)",
     )
     parser.add_argument(
         "--max-pixels",

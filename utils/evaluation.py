@@ -31,7 +31,7 @@ import numpy as np
 
 from utils import metrics
 from utils.image_io import IMAGE_EXTS, read_alpha, write_png
-from utils.tiling import DEFAULT_MAX_SIDE
+from utils.inference import DEFAULT_MAX_SIDE
 
 METRICS = ("sad", "mse", "grad", "conn")
 HEADERS = {"sad": "SAD", "mse": "MSE", "grad": "Grad", "conn": "Conn"}
@@ -168,6 +168,7 @@ def evaluate_model(
     overlap: int | None = None,
     max_side: int | None = DEFAULT_MAX_SIDE,
     scale: float | None = None,
+    tta: str = "none",
     out_dir: str | Path | None = None,
     progress: bool = False,
     on_result: Callable[[int, Any, np.ndarray, dict], None] | None = None,
@@ -175,10 +176,10 @@ def evaluate_model(
     """Evaluate ``model`` on ``examples`` (MattingExample iterable) with the official metrics.
 
     Inference through :func:`utils.inference.predict_alpha` (``device``, ``amp``, ``tile``,
-    ``overlap``, ``max_side`` and ``scale`` - None: the model's own ``infer_scale`` - are passed
-    on; the model's train/eval flags are restored afterwards). Returns ``(rows, summary)`` as
-    :func:`score`: summary["sad"] etc. are means over the images, in the units of
-    ``utils.metrics.UNITS``.
+    ``overlap``, ``max_side``, ``scale`` - None: the model's own ``infer_scale`` - and ``tta``
+    are passed on; the model's train/eval flags are restored afterwards). Returns ``(rows,
+    summary)`` as :func:`score`: summary["sad"] etc. are means over the images, in the units
+    of ``utils.metrics.UNITS``.
     """
     predict = model_predictor(
         model,
@@ -188,6 +189,7 @@ def evaluate_model(
         overlap=overlap,
         max_side=max_side,
         scale=scale,
+        tta=tta,
     )
     return score(examples, predict, out_dir=out_dir, progress=progress, on_result=on_result)
 

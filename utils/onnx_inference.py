@@ -2,8 +2,8 @@
 
 ``export.py`` writes the model; this module reads it back and runs it the way
 :func:`utils.inference.predict_alpha` runs the PyTorch model, with the same torch-free helpers
-(:mod:`utils.tiling`): ``data`` built by :func:`data.layout.make_data`, reflect-padded to
-multiples of 32 by :func:`utils.tiling.pad_to_multiple`, run whole or in exact tiles, cropped
+(:mod:`utils.inference`): ``data`` built by :func:`data.layout.make_data`, reflect-padded to
+multiples of 32 by :func:`utils.inference.pad_to_multiple`, run whole or in exact tiles, cropped
 back, known trimap pixels forced to 0 / 1. Nothing here imports torch (tests check it), so a
 deployment needs numpy, OpenCV and onnxruntime only.
 
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from data import layout
-from utils.tiling import STRIDE, predict_with
+from utils.inference import STRIDE, predict_with
 
 REPOSITORY = "deep-image-matting"  # pyproject.toml's project name
 FORMAT = "1"  # bump when the graph's inputs/outputs or the metadata change meaning
@@ -60,7 +60,7 @@ class OnnxMatting:
     config: dict = field(default_factory=dict)
     stage: int | None = None
     outputs: tuple[str, ...] = (OUTPUT_RAW,)
-    infer_scale: float = 1.0  # the scale the model was validated at (utils.tiling.at_scale)
+    infer_scale: float = 1.0  # the scale the model was validated at (utils.inference.at_scale)
     receptive_field: int = RECEPTIVE_FIELD_UNKNOWN  # DIM.receptive_field (exact tiling)
     stride: int = STRIDE  # DIM.stride (padding, tile grid)
 
@@ -89,6 +89,7 @@ class OnnxMatting:
         overlap: int | None = None,
         max_side: int | None = None,
         scale: float | None = None,
+        tta: str = "none",
     ) -> np.ndarray:
         """Alpha matte of a full-resolution image; the arguments of
         :func:`utils.inference.predict_alpha` that are not about torch (device, AMP).
@@ -108,6 +109,7 @@ class OnnxMatting:
             overlap=overlap,
             max_side=max_side,
             scale=self.infer_scale if scale is None else scale,
+            tta=tta,
         )
 
 
