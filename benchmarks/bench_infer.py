@@ -57,7 +57,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import torch
 
     from models.py_encoder_decoder import DIM
-    from utils import inference, tiling
+    from utils import inference
 
     w, h = args.size
     device = torch.device(args.device)
@@ -70,7 +70,7 @@ def _worker(args: argparse.Namespace) -> dict:
     trimap[-h // 8 :] = 255
 
     inference.predict_alpha(model, image[:64, :64], trimap[:64, :64], device=device)  # warm-up
-    plan = tiling.plan_tiles
+    plan = inference.plan_tiles
     info: dict = {}
 
     def sampled_plan(*a, **k):
@@ -87,7 +87,7 @@ def _worker(args: argparse.Namespace) -> dict:
         info["run_px"] = info["window_px"]
         return tiles
 
-    tiling.plan_tiles = sampled_plan  # what utils.inference.infer_padded calls
+    inference.plan_tiles = sampled_plan  # what utils.inference.infer_padded calls
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
