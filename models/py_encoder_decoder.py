@@ -659,8 +659,15 @@ def read_vgg_state_dict(weights: Any) -> tuple[Mapping[str, Any], str]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            if "Weights only load failed" in first:  # torch's text goes on to advise unsafe loading
+                raise VGGWeightsError(
+                    f"refused to load {path}: it holds Python objects other than tensors, and "
+                    "unpickling those can run arbitrary code; expected torchvision's "
+                    "vgg16_bn-*.pth (a plain state dict)"
+                ) from None
             raise VGGWeightsError(
-                f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {e}); "
+                f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {first}); "
                 "expected torchvision's vgg16_bn-*.pth"
             ) from e
         source = str(path)

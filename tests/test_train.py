@@ -562,6 +562,36 @@ def test_files_on_the_command_line_are_checked_before_the_data(flag, tmp_path, c
     assert not (tmp_path / "dim").exists()
 
 
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", "a/b", "..", "a\\b", ""])
+def test_run_names_stay_inside_the_runs_dir(name, tmp_path, caplog):
+    runs = tmp_path / "runs"
+    assert tr.main(["--stage", "1", "--runs-dir", str(runs), "--run-name", name]) == 2
+    assert "--run-name" in caplog.text and "inside --runs-dir" in caplog.text
+    assert not runs.exists() and not (tmp_path / "escaped").exists()
+
+
+def test_runs_dir_that_is_a_file_is_one_line(tmp_path, caplog):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert tr.main(["--stage", "1", "--runs-dir", str(afile)]) == 2
+    assert f"--runs-dir {afile}: not a folder" in caplog.text
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_unsafe_vgg_weights_are_refused_without_advice_to_bypass(tmp_path, caplog, capsys):
+    evil = tmp_path / "vgg16_bn-evil.pth"
+    torch.save({"features.0.weight": _RunsCode()}, evil)
+    args = ["--stage", "1", "--runs-dir", str(tmp_path), "--vgg-weights", str(evil)]
+    assert tr.main(args) == 2
+    assert "refused to load" in caplog.text and "arbitrary code" in caplog.text
+    assert "weights_only" not in caplog.text and "likely succeed" not in caplog.text
+    assert "this must never run" not in capsys.readouterr().out
+
+
 def test_resume_from_a_weights_only_checkpoint_says_what_to_do(tiny_root, tmp_path, caplog):
     runs = tmp_path / "runs"
     assert tr.main(argv(tiny_root, runs, 1)) == 0

@@ -293,6 +293,16 @@ def resolve_config(args) -> dict:
     for key, value in STAGES[args.stage].loss_weights.items():
         if key in cfg and cfg[key] is None:  # --w-alpha/--w-comp: the stage's loss weights
             cfg[key] = value
+    name = cfg["run_name"]
+    if not name or name in (".", "..") or any(c in name for c in "/\\") or Path(name).is_absolute():
+        raise TrainerError(
+            f"--run-name {name!r}: a run name is one folder name inside --runs-dir (no path "
+            "separators, no '..'); use --runs-dir to put runs elsewhere"
+        )
+    if Path(cfg["runs_dir"]).exists() and not Path(cfg["runs_dir"]).is_dir():
+        raise TrainerError(
+            f"--runs-dir {cfg['runs_dir']}: not a folder; pass a folder for the runs"
+        )
     if cfg["cut_sizes"] is not None:
         cfg["cut_sizes"] = list(cfg["cut_sizes"])  # plain list: stored in checkpoints
     if cfg["crop_size"] % 32:
