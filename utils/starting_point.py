@@ -112,13 +112,13 @@ def open_start(
     """The checkpoint this stage starts from (``--init``, else the previous stage's best.pt
     for a stage that starts from one), loaded; (None, None) for VGG/random init."""
     if init is None and stage.starts_from is not None:
-        prev = run_dir / f"stage{stage.starts_from}" / "best.pt"
+        prev = run_dir / f"stage{stage.starts_from}"
         try:
-            init = find_checkpoint(prev.parent, names=(prev.name,))
+            init = find_checkpoint(prev, names=("best.pt",))
         except CheckpointError:
             raise TrainerError(
                 f"stage {stage_number} starts from stage {stage.starts_from}'s best checkpoint, "
-                f"but {prev} does not exist. Make it with:\n"
+                f"but {prev / 'best.pt'} does not exist. Make it with:\n"
                 f"  python train_encoder_decoder.py --stage {stage.starts_from} "
                 f"--run-name {cfg['run_name']} --runs-dir {cfg['runs_dir']}\n"
                 "or pass --init PATH."
