@@ -30,6 +30,10 @@ Parts
                  Xavier-initialised.
     refine_head  cat(image, raw alpha) -> 4 conv 3x3 (64, 64, 64, 1), ReLU after the first three;
                  its output is added to the raw alpha (see :class:`RefineHead`).
+    coarse_scale With ``coarse_scale`` s < 1 the encoder-decoder sees the input shrunk by s
+                 (area average; the trimap keeps every unknown pixel) and its logit is
+                 upsampled back, while the refine head works on the full-resolution image:
+                 the network's context at a coarse scale, edges at the photograph's own.
 
 The model states its ``stride`` and ``receptive_field`` (px an input pixel can reach, followed
 through every path of the network); tiled inference (utils/inference.py) reads them.
@@ -67,6 +71,7 @@ FC6_CHOICES = ("transmap", "conv1x1")
 UPSAMPLE_CHOICES = ("unpool", "bilinear", "deconv")
 SKIP_CHOICES = (False, "add", "concat")
 REFINE_ADD_CHOICES = ("logit", "clip")
+COARSE_SCALE_CHOICES = (1.0, 0.5, 0.25)  # powers of two: the coarse input stays on the grid
 MULTIPLE = 32  # 2 ** number of poolings
 FINAL_CHANNELS = 64  # the decoder's last 5x5 conv+BN+ReLU, before the 1-channel prediction
 REFINE_CHANNELS = 64
@@ -468,14 +473,28 @@ class ModelConfig:
             "help": "how the refine head adds its residual (RefineHead)",
         },
     )
+    coarse_scale: float = field(
+        default=1.0,
+        metadata={
+            "choices": COARSE_SCALE_CHOICES,
+            "type": float,
+            "help": "the encoder-decoder runs on the input shrunk by this factor and the refine "
+            "head on the full-resolution input (1: both at the input's resolution)",
+        },
+    )
 
     def __post_init__(self):
         skip = "add" if self.skip is True else self.skip
         object.__setattr__(self, "skip", False if skip in (None, "none") else skip)
         object.__setattr__(self, "refine", bool(self.refine))
+        try:
+            object.__setattr__(self, "coarse_scale", float(self.coarse_scale))
+        except (TypeError, ValueError):
+            raise ValueError(f"coarse_scale must be a number, got {self.coarse_scale!r}") from None
         checks = (("encoder", tuple(ENCODERS)), ("fc6", FC6_CHOICES),
                   ("upsample", UPSAMPLE_CHOICES), ("skip", SKIP_CHOICES),
-                  ("refine_add", REFINE_ADD_CHOICES))  # fmt: skip
+                  ("refine_add", REFINE_ADD_CHOICES),
+                  ("coarse_scale", COARSE_SCALE_CHOICES))  # fmt: skip
         for name, choices in checks:
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -527,19 +546,30 @@ class DIM(nn.Module):
         self.refine_head = RefineHead(self.config.refine_add) if self.config.refine else None
 
     @property
+    def factor(self) -> int:
+        """Input pixels per encoder-decoder pixel, one axis (1 / coarse_scale)."""
+        return round(1 / self.config.coarse_scale)
+
+    @property
     def stride(self) -> int:
-        return self.encoder.stride
+        return self.encoder.stride * self.factor
 
     @functools.cached_property
     def receptive_field(self) -> int:
         """How far (px, either side) an input pixel can change an output pixel, the most over
         the ``stride`` phases of the pooling grid. Tiles with at least this much context
         equal whole-image inference (utils/inference.py)."""
+        f = self.factor
 
         def span(lo: int, hi: int) -> tuple[int, int]:
             if self.refine_head is not None:
                 lo, hi = conv_span(self.refine_head.body, lo, hi)
-            return self.decoder.input_span(self.encoder, lo, hi)
+            if f == 1:
+                return self.decoder.input_span(self.encoder, lo, hi)
+            # bilinear upsampling reads the two coarse pixels around a fine one; each coarse
+            # pixel averages an f x f block
+            lo, hi = self.decoder.input_span(self.encoder, (lo - f) // f, (hi + f) // f)
+            return lo * f, hi * f + f - 1
 
         return max(max(i - lo, hi - i) for i in range(self.stride) for lo, hi in [span(i, i)])
 
@@ -552,12 +582,30 @@ class DIM(nn.Module):
         model that has one; ``None`` runs it whenever the model has one.
         """
         check_input(data, self.stride)
-        logit = self.decoder(self.encoder(data))
+        if self.factor == 1:
+            logit = self.decoder(self.encoder(data))
+        else:
+            logit = self.decoder(self.encoder(coarse_input(data, self.factor)))
+            logit = F.interpolate(logit, size=data.shape[-2:], mode="bilinear", align_corners=False)
         # float32 sigmoid: under bf16 autocast alpha would otherwise be quantised to ~1/256
         raw = torch.sigmoid(logit.float())
         if self.refine_head is None or refine is False:
             return raw, None
         return raw, self.refine_head(layout.image(data), logit)
+
+
+def coarse_input(data: Tensor, factor: int) -> Tensor:
+    """data (N, 4, H, W) -> (N, 4, H / factor, W / factor): the image averaged over each
+    factor x factor block; the trimap as utils.inference.scale_trimap shrinks it (unknown
+    where any pixel of the block is, else foreground where at least half the block is)."""
+    image = F.avg_pool2d(layout.image(data), factor)
+    t = layout.trimap(data)
+    fg = F.avg_pool2d((t > 0.5).to(data.dtype), factor) >= 0.5
+    unknown = F.max_pool2d((t.abs() < 0.5).to(data.dtype), factor) > 0
+    bg_v, unknown_v, fg_v = layout.scale_trimap([layout.TRIMAP_BG, layout.TRIMAP_UNKNOWN,
+                                                 layout.TRIMAP_FG]).tolist()  # fmt: skip
+    trimap = torch.where(unknown, unknown_v, torch.where(fg, fg_v, bg_v))
+    return torch.cat([image, trimap.to(image.dtype)], 1)
 
 
 def check_input(data: Tensor, multiple: int = MULTIPLE) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,7 @@ from models.py_encoder_decoder import (
     ENCODERS,
     EncoderOutput,
     MattingEncoder,
+    coarse_input,
     conv_span,
 )
 from utils import device as device_mod
@@ -29,6 +31,7 @@ from utils.inference import (
     plan_tiles,
     predict_alpha,
     resolve_tile,
+    scale_trimap,
     with_tta,
 )
 
@@ -304,6 +307,47 @@ def test_a_toy_encoder_plugs_in_and_tiles_exactly(monkeypatch):
     np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
     thin = predict_alpha(model, image, trimap, tile=352, overlap=64)
     assert np.abs(thin - whole).max() > 1e-3  # too little context shows: the check can fail
+
+
+def test_a_coarse_encoder_decoder_with_a_full_resolution_refine_head_tiles_exactly(monkeypatch):
+    """coarse_scale 0.5: the encoder-decoder sees the input as utils.inference.at_scale shrinks
+    a photograph (area-averaged image, scale_trimap's trimap), the refine head the full
+    resolution; the stride and receptive field the model states bound what it does, so
+    tiling stays exact."""
+    monkeypatch.setitem(ENCODERS, "toy", lambda config: ToyEncoder())
+    torch.manual_seed(0)
+    model = DIM(encoder="toy", skip="add", coarse_scale=0.5).eval()
+    fine = DIM(encoder="toy", skip="add")
+    assert model.stride == 64 and model.receptive_field > fine.receptive_field
+    rng = np.random.default_rng(4)
+    trimap = cv2.resize(rng.choice(np.array([0, 128, 255], np.uint8), (16, 32)), (128, 64),
+                        interpolation=cv2.INTER_NEAREST)  # fmt: skip
+    trimap[3:5, 7:90] = 128  # thin unknown lines must survive the shrinking
+    image = rng.random((64, 128, 3), dtype=np.float32)
+    data = torch.cat([torch.from_numpy(image).permute(2, 0, 1),
+                      torch.from_numpy(layout.scale_trimap(trimap))[None]])[None]  # fmt: skip
+    small = coarse_input(data, 2)[0]
+    np.testing.assert_array_equal(
+        layout.unscale_trimap(small[3].numpy()), scale_trimap(trimap, (64, 32))
+    )
+    area = cv2.resize(image, (64, 32), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(small[:3].permute(1, 2, 0).numpy(), area, atol=1e-6)
+    rf = model.receptive_field
+    x = torch.randn(1, 4, 64, 1536, requires_grad=True)
+    _, refined = model(x)
+    assert refined.shape == (1, 1, 64, 1536)
+    for phase in range(0, 64, 3):
+        (grad,) = torch.autograd.grad(refined[0, 0, 32, 704 + phase], x, retain_graph=True)
+        cols = grad.abs().sum(dim=(0, 1, 2)).nonzero().flatten()
+        assert 704 + phase - cols.min() <= rf and cols.max() - 704 - phase <= rf
+    with torch.no_grad():
+        model.decoder.pred.weight.mul_(1000.0)
+    photo = rng.integers(0, 256, (64, 1280, 3), dtype=np.uint8)
+    band = np.full((64, 1280), 128, np.uint8)
+    whole = predict_alpha(model, photo, band)
+    assert whole.std() > 0.05
+    tiled = predict_alpha(model, photo, band, tile=384)  # overlap: exact_overlap(rf)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
 
 
 # --- test-time augmentation -------------------------------------------------------------------

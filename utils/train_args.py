@@ -158,6 +158,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
             f.name
         )
         g.add_argument(f"--{f.name.replace('_', '-')}", choices=choices, default=None,
+                       type=f.metadata.get("type"),
                        help=f"{f.metadata['help']} (default: {default})")  # fmt: skip
     g.add_argument(
         "--vgg-weights",
