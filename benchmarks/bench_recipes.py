@@ -54,7 +54,7 @@ FULL_RES_REFINE = ["--coarse-scale", "0.5", "--infer-scale", "1", "--crop-size",
 RECIPES: dict[str, list[list[str]]] = {
     "main": [["--stage", "1"]],
     "long": [
-        ["--stage", "1", "--epochs", "120", "--save-every", "300"],
+        ["--stage", "1", "--epochs", "100", "--save-every", "300"],
         ["--stage", "2", "--epochs", "10", *FULL_RES_REFINE],
         ["--stage", "3", "--epochs", "10", "--lr", "3e-5", *FULL_RES_REFINE],
     ],
