@@ -2,6 +2,7 @@
 
     python demo.py                                  # closed-form matting, no checkpoint needed
     python demo.py --checkpoint runs/dim            # this repository's Deep Image Matting model
+    python demo.py --checkpoint runs/dim --adapt 25 # ... fine-tuned on each photo first
 
 It prints the local address (http://127.0.0.1:7860 by default) and serves nothing beyond this
 machine unless ``--host`` says so. On the page: upload a photo, paint the object with the
@@ -10,6 +11,10 @@ machine unless ``--host`` says so. On the page: upload a photo, paint the object
 is shown over the photo; the alpha, the cut-out (foreground colours estimated by pymatting, not
 image x alpha) and a composite on a colour or an uploaded background are shown, and the alpha,
 the RGBA cut-out and the trimap download as full-resolution PNGs.
+
+Test-time adaptation: the *Adapt* box (default ``--adapt``) fine-tunes a copy of the checkpoint
+for that many steps on composites of the photo's own known colours before it mattes the photo
+(utils/adapt.py); the loaded model itself never changes.
 
 Large photos: the painting canvas shows a copy whose long side is at most ``--preview-side``;
 strokes are scaled up to the photo, which is matted at full resolution through the shared
@@ -41,10 +46,11 @@ import cv2
 import numpy as np
 
 from data import compose, layout
-from utils.cli import add_inference_args
+from utils.cli import OneLineParser, add_inference_args, existing, host_arg, number, port_arg
 from utils.image_io import MAX_PIXELS, ImageReadError, check_pixels, read_rgb, write_png
 
 log = logging.getLogger("demo")
+MAX_ADAPT_STEPS = 200  # per Matte press: one user cannot hold the server for long
 
 # Brush colours (RGB) and what each stroke means; the page's palette is exactly these.
 BRUSHES = {
@@ -184,7 +190,9 @@ class Matter:
         self.label = label or "closed-form matting (Levin et al. 2008, pymatting)"
         self.preview_side = preview_side
         self.max_pixels = kw.pop("max_pixels", MAX_PIXELS)
-        self.inference = kw  # device, amp, tile, overlap, max_side
+        self.adapt_steps = kw.pop("adapt", 0)  # the page's default; each Matte press may change it
+        self.adapt_settings = kw.pop("adapt_settings", {})  # utils.adapt.settings_from_checkpoint
+        self.inference = kw  # device, amp, tile, overlap, max_side, scale, tta
         self.out_dir = Path(tempfile.mkdtemp(prefix="dim-demo-"))
 
     def read_photo(self, path: str | None) -> np.ndarray:
@@ -204,9 +212,38 @@ class Matter:
             model, state, ckpt = load_model_for_inference(path, device)
         except CheckpointError as e:
             raise DemoError(f"{Path(path).name}: {str(e).split(': ', 1)[-1]}") from e
+        from utils.adapt import settings_from_checkpoint
+
         self.model = model
         self.label = f"Deep Image Matting, {Path(ckpt).name} (stage {state.get('stage')})"
+        self.adapt_settings = settings_from_checkpoint(state)
         return self.label
+
+    def adapted(self, image: np.ndarray, trimap: np.ndarray, steps) -> tuple[object, str]:
+        """(the model to matte with, its label): with ``steps`` > 0 a copy fine-tuned on this
+        photo (utils/adapt.py); :class:`DemoError` for a bad count or closed-form matting."""
+        try:
+            steps = int(steps or 0)
+        except (TypeError, ValueError):
+            raise DemoError(f"adaptation steps must be a whole number, got {steps!r}") from None
+        if not 0 <= steps <= MAX_ADAPT_STEPS:  # bounded: each step is a training step
+            raise DemoError(f"adaptation steps must be 0 to {MAX_ADAPT_STEPS}, got {steps}")
+        if steps == 0:
+            return self.model, self.label
+        if self.model is None:
+            raise DemoError(
+                "adaptation fine-tunes a DIM checkpoint: load one, or set the adaptation steps "
+                "to 0 for closed-form matting"
+            )
+        from utils.adapt import AdaptError, adapt
+
+        settings = dict(self.adapt_settings)
+        settings.update(scale=self.inference.get("scale"))
+        try:
+            model = adapt(self.model, image, trimap, steps, **settings)
+        except AdaptError as e:
+            raise DemoError(str(e)) from e
+        return model, f"{self.label}, adapted {steps} steps"
 
     def matte(
         self,
@@ -216,9 +253,11 @@ class Matter:
         band: str,
         background: np.ndarray | None = None,
         colour: str = "#00b140",
+        adapt: int | None = None,
     ) -> dict:
         """Strokes -> trimap -> alpha, cut-out, composite at full resolution; the PNG files
-        written for download; ``method`` names what made the alpha."""
+        written for download; ``method`` names what made the alpha. ``adapt``: test-time
+        adaptation steps (None: the page's default, ``--adapt``)."""
         from utils.matting import matte
 
         shape = image.shape[:2]
@@ -226,7 +265,8 @@ class Matter:
         if background is None:
             background = solid_background(colour, shape)
         t0 = time.perf_counter()
-        result = matte(self.model, image, trimap, "ml", background, **self.inference)
+        model, label = self.adapted(image, trimap, self.adapt_steps if adapt is None else adapt)
+        result = matte(model, image, trimap, "ml", background, **self.inference)
         seconds = time.perf_counter() - t0
         folder = Path(tempfile.mkdtemp(dir=self.out_dir))
         files = [
@@ -234,7 +274,7 @@ class Matter:
             write_png(folder / "cutout.png", result["rgba"]),
             write_png(folder / "trimap.png", trimap),
         ]
-        return {**result, "trimap": trimap, "files": files, "method": self.label, "s": seconds}
+        return {**result, "trimap": trimap, "files": files, "method": label, "s": seconds}
 
 
 def build_app(matter: Matter):
@@ -270,7 +310,7 @@ def build_app(matter: Matter):
         except DemoError as e:
             raise fail(e) from None
 
-    def run(editor, image, band, colour, bg_path):
+    def run(editor, image, band, colour, bg_path, steps):
         try:
             if image is None or editor is None or editor.get("background") is None:
                 raise DemoError("no photo: upload one first")
@@ -279,7 +319,13 @@ def build_app(matter: Matter):
             if bg_path:
                 background = matter.read_photo(bg_path)
             r = matter.matte(
-                image, editor.get("layers") or [], preview.shape[:2], f"{band}%", background, colour
+                image,
+                editor.get("layers") or [],
+                preview.shape[:2],
+                f"{band}%",
+                background,
+                colour,
+                adapt=steps,
             )
         except DemoError as e:
             raise fail(e) from None
@@ -333,6 +379,15 @@ def build_app(matter: Matter):
                 colour = gr.ColorPicker(value="#00b140", label="Composite on colour")
                 bg = gr.File(label="...or on a background photo", file_types=["image"])
                 ckpt = gr.File(label="Checkpoint (.pt, optional)", file_types=[".pt"])
+                steps = gr.Number(
+                    value=matter.adapt_steps,
+                    minimum=0,
+                    maximum=MAX_ADAPT_STEPS,
+                    precision=0,
+                    step=5,
+                    label="Adapt: fine-tune steps on this photo first (DIM only; 0 = off)",
+                    elem_id="adapt",
+                )
                 go = gr.Button("Matte", variant="primary", elem_id="matte")
         with gr.Row():
             trimap_view = gr.Image(label="Trimap over the photo", elem_id="trimap")
@@ -347,27 +402,64 @@ def build_app(matter: Matter):
         ckpt.upload(load_checkpoint, ckpt, status)
         go.click(
             run,
-            [editor, full, band, colour, bg],
+            [editor, full, band, colour, bg, steps],
             [trimap_view, alpha_view, cut_view, comp_view, files, status],
         )
     return app, matter.out_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        prog="demo.py",
         description="Interactive matting page: paint a rough trimap on your photo.",
         epilog="Without --checkpoint the page mattes with closed-form matting.",
     )
-    p.add_argument("--checkpoint", help="a .pt file or a run folder (runs/NAME)")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to serve on (default: this machine only)"
+        "--checkpoint", type=existing("any"), help="a .pt file or a run folder (runs/NAME)"
     )
-    p.add_argument("--port", type=int, default=7860)
     p.add_argument(
-        "--preview-side", type=int, default=1024, help="long side of the painting canvas"
+        "--host",
+        type=host_arg,
+        default="127.0.0.1",
+        help="address to serve on (default: this machine only)",
+    )
+    p.add_argument("--port", type=port_arg, default=7860, help="TCP port (1..65535)")
+    p.add_argument(
+        "--preview-side",
+        type=number(int, 64),
+        default=1024,
+        help="long side of the painting canvas (>= 64)",
     )
     add_inference_args(p)
     return p
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why the page cannot be served at ``host``:``port`` (a name that does not resolve, an
+    address of another machine, a port in use or reserved), or None: the address is resolved
+    and bound once, then released for the server."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        return f"--host {host}: cannot be resolved ({reason}); use an address of this machine"
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+                return None
+            except OSError as e:
+                last = e
+    reason = last.strerror if last is not None and last.strerror else str(last)
+    return (
+        f"cannot serve on --host {host} --port {port}: {reason} (the address must be one of "
+        "this machine's, e.g. 127.0.0.1 or 0.0.0.0, and the port free; ports below 1024 need "
+        "privileges)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,19 +469,24 @@ def main(argv: list[str] | None = None) -> int:
     from utils.checkpoint import CheckpointError, load_model_for_inference
     from utils.device import check_amp, pick_device
 
-    if args.preview_side < 64:
-        print("demo.py: error: --preview-side must be >= 64", file=sys.stderr)
+    if args.adapt and not args.checkpoint:
+        msg = "--adapt fine-tunes a DIM checkpoint: pass --checkpoint (or drop --adapt)"
+        print(f"demo.py: error: {msg}", file=sys.stderr)
         return 2
-    if not 1 <= args.port <= 65535:
-        print(f"demo.py: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
+    why = cannot_listen(args.host, args.port)  # before the model loads and the page is built
+    if why:
+        print(f"demo.py: error: {why}", file=sys.stderr)
         return 2
+    from utils.adapt import settings_from_checkpoint
+
     try:
         device = pick_device(args.device)
         check_amp(args.amp, device)
-        model, label = None, None
+        model, label, settings = None, None, {}
         if args.checkpoint:
             model, state, ckpt = load_model_for_inference(args.checkpoint, device)
             label = f"Deep Image Matting, {ckpt} (stage {state.get('stage')})"
+            settings = settings_from_checkpoint(state)
     except (CheckpointError, ValueError, RuntimeError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2
@@ -405,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         max_side=args.max_side or None,
         scale=args.infer_scale,
         tta=args.tta,
+        adapt=args.adapt,
+        adapt_settings=settings,
     )
     app, out_dir = build_app(matter)
     print(f"matting with {matter.label}; open http://{args.host}:{args.port} (Ctrl-C stops)")

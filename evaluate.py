@@ -13,6 +13,8 @@ Examples (from the repository root)::
     python evaluate.py --checkpoint runs/demo --images I/ --trimaps T/ --alphas A/
     # another method's predictions (PNG alphas named like the test images)
     python evaluate.py --pred-dir other_method/ --testset /data/Composition-1k-testset
+    # test-time adaptation: 25 fine-tuning steps per image on its own colours first
+    python evaluate.py --checkpoint runs/demo --testset synthetic-val --adapt 25
     # classical baselines
     python evaluate.py --method closed-form --limit 10
     python evaluate.py --method trimap-only
@@ -43,9 +45,19 @@ if __package__ in (None, ""):
 import numpy as np
 
 from data.sources import DataSourceError
+from utils import adapt
+from utils.adapt import AdaptError
 from utils.baselines import closed_form, trimap_only
 from utils.checkpoint import CheckpointError, load_model_for_inference
-from utils.cli import add_inference_args
+from utils.cli import (
+    OneLineParser,
+    add_inference_args,
+    existing,
+    number,
+    output,
+    port_arg,
+    writable_target,
+)
 from utils.device import check_amp, pick_device
 from utils.evaluation import (
     EvaluationError,
@@ -60,6 +72,7 @@ from utils.image_io import ImageReadError
 log = logging.getLogger("evaluate")
 
 METHODS = ("dim", "closed-form", "trimap-only")
+SYNTHETIC_SETS = ("synthetic", "synthetic-test", "synthetic-val")  # data.testsets._SYNTHETIC
 
 
 class VisdomPanels:
@@ -82,7 +95,8 @@ class VisdomPanels:
 
 # --- CLI -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        prog="evaluate.py",
         description="Score alpha mattes with the official SAD/MSE/Grad/Conn (Composition-1k "
         "convention) for a checkpoint, a classical method or a folder of predictions.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -90,24 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_argument_group("what to evaluate (one of)")
     what.add_argument(
         "--checkpoint",
+        type=existing("any"),
         help="a .pt file, or a run folder (runs/<name>: its highest stage's best.pt)",
     )
     what.add_argument("--method", choices=METHODS, default="dim", help="dim = the checkpoint")
-    what.add_argument("--pred-dir", help="score another method's alphas: DIR/NAME.png per image")
+    what.add_argument(
+        "--pred-dir",
+        type=existing("dir"),
+        help="score another method's alphas: DIR/NAME.png per image",
+    )
     data = p.add_argument_group("test set")
     data.add_argument(
         "--testset",
+        type=existing("dir", special=SYNTHETIC_SETS),
         default="synthetic",
         help="synthetic | synthetic-val | a Composition-1k or alphamatting.com folder",
     )
     data.add_argument("--trimap-set", default="Trimap1", help="alphamatting.com trimap folder")
-    data.add_argument("--images", help="plain folder of images (with --trimaps and --alphas)")
-    data.add_argument("--trimaps", help="plain folder of trimaps, 0/128/255, same stems")
-    data.add_argument("--alphas", help="plain folder of ground-truth alphas, same stems")
-    data.add_argument("--limit", type=int, help="only the first N images")
+    folder = existing("dir")
+    data.add_argument(
+        "--images", type=folder, help="plain folder of images (with --trimaps and --alphas)"
+    )
+    data.add_argument(
+        "--trimaps", type=folder, help="plain folder of trimaps, 0/128/255, same stems"
+    )
+    data.add_argument(
+        "--alphas", type=folder, help="plain folder of ground-truth alphas, same stems"
+    )
+    data.add_argument("--limit", type=number(int, 1), help="only the first N images")
     data.add_argument(
         "--scale",
-        type=float,
+        type=number(float, 0, strict=True),
         default=1.0,
         help="resize test images by this factor first (quick CPU looks; NOT the official "
         "protocol, numbers are not comparable)",
@@ -115,13 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("inference")
     add_inference_args(run)
     outp = p.add_argument_group("output")
-    outp.add_argument("--out", help="output folder (default runs/eval/<method>-<test set>)")
+    outp.add_argument(
+        "--out", type=output("dir"), help="output folder (default runs/eval/<method>-<test set>)"
+    )
     outp.add_argument("--no-save", action="store_true", help="do not write the alpha PNGs")
     outp.add_argument("--quiet", action="store_true", help="no progress bar")
     outp.add_argument("--visdom", action="store_true", help="post panels of the first results")
     outp.add_argument("--visdom-server", default="http://localhost")
-    outp.add_argument("--visdom-port", type=int, default=8097)
-    outp.add_argument("--visdom-images", type=int, default=4)
+    outp.add_argument("--visdom-port", type=port_arg, default=8097)
+    outp.add_argument(
+        "--visdom-images", type=number(int, 0), default=4, help="results posted as panels"
+    )
     return p
 
 
@@ -135,7 +166,10 @@ def _method_label(args, state: dict | None, ckpt: Path | None) -> tuple[str, str
     run = ckpt.parent.parent.name if ckpt.parent.name.startswith("stage") else ckpt.parent.name
     stage = state.get("stage") if state else None
     label = f"DIM {run} stage {stage} ({ckpt.name})" if stage else f"DIM {ckpt}"
-    return label, f"{run}-stage{stage}-{ckpt.stem}"
+    tag = f"{run}-stage{stage}-{ckpt.stem}"
+    if args.adapt:
+        label, tag = f"{label}, adapted {args.adapt} steps", f"{tag}-adapt{args.adapt}"
+    return label, tag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,9 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return _run(args)
-    except (CheckpointError, EvaluationError, ImageReadError, DataSourceError) as e:
+    except (CheckpointError, EvaluationError, ImageReadError, DataSourceError, AdaptError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the results folder filled up or went read-only mid-run
+        where = e.filename or args.out or "the results"
+        print(f"evaluate.py: error: cannot write {where}: {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:
@@ -153,6 +191,9 @@ def _run(args) -> int:
         raise EvaluationError("--pred-dir scores existing predictions: drop --checkpoint/--method")
     if args.method != "dim" and args.checkpoint:
         raise EvaluationError(f"--method {args.method} needs no --checkpoint: drop one of them")
+    if args.adapt and (args.pred_dir or args.method != "dim"):
+        what = "--pred-dir" if args.pred_dir else f"--method {args.method}"
+        raise EvaluationError(f"--adapt fine-tunes a DIM checkpoint: drop it with {what}")
     if args.limit is not None and args.limit <= 0:
         raise EvaluationError(f"--limit must be positive, got {args.limit}")
 
@@ -184,8 +225,7 @@ def _run(args) -> int:
             raise EvaluationError(str(e)) from e
         model, state, ckpt = load_model_for_inference(args.checkpoint, device)
         max_side = args.max_side or None
-        predict = model_predictor(
-            model,
+        inference = dict(
             device=device,
             amp=args.amp,
             tile=args.tile,
@@ -194,6 +234,11 @@ def _run(args) -> int:
             scale=args.infer_scale,
             tta=args.tta,
         )
+        if args.adapt:  # a fresh copy per image, from its image and trimap only
+            settings = adapt.settings_from_checkpoint(state)
+            predict = adapt.predictor(model, args.adapt, settings, **inference)
+        else:
+            predict = model_predictor(model, **inference)
         meta.update(
             checkpoint=str(ckpt),
             stage=state.get("stage"),
@@ -205,12 +250,16 @@ def _run(args) -> int:
             max_side=max_side,
             infer_scale=model.infer_scale if args.infer_scale is None else args.infer_scale,
             tta=args.tta,
+            adapt=args.adapt,
         )
         log.info("checkpoint %s (stage %s) on %s", ckpt, state.get("stage"), device)
 
     meta["scale"] = args.scale
     label, tag = _method_label(args, state, ckpt)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{tag}-{testset}"
+    why = writable_target(out, "dir")  # the report is written in any case
+    if why:
+        raise EvaluationError(f"--out {why}")
     meta.update(method_label=label, testset=testset, out=str(out))
     log.info("%s on %s: %d images -> %s", label, testset, len(examples), out)
 

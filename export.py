@@ -30,7 +30,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +43,8 @@ from torch import nn
 
 from data import layout
 from models.py_encoder_decoder import DIM
-from utils.cli import add_checkpoint_args
+from utils.checkpoint import CheckpointWriteError, write_atomically
+from utils.cli import OneLineParser, add_checkpoint_args, number, output
 from utils.onnx_inference import (
     FORMAT,
     INPUT,
@@ -56,6 +56,9 @@ from utils.onnx_inference import (
 )
 
 OPSET = 17
+# Opsets this network exports to: 9 is the first with the ops its unpooling needs (arange),
+# 20 the TorchScript exporter's newest (both ends tried: faithful on onnxruntime).
+MIN_OPSET, MAX_OPSET = 9, 20
 TRACE_SIZE = (64, 96)  # (H, W) of the example input the exporter traces
 CHECK_SIZE = (96, 64)  # another size, and batch 2: the dynamic axes are exercised too
 TOLERANCE = 1e-4
@@ -165,15 +168,10 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = proto.SerializeToString()
+    # Atomic, checked against the free space first; a full disk or a read-only folder is a
+    # utils.checkpoint.CheckpointWriteError naming the folder and the space needed and free.
+    write_atomically(out, lambda f: f.write(data), len(data))
     return check_export(model, out, names, tolerance)
 
 
@@ -196,16 +194,25 @@ def check_export(model: nn.Module, path: Path, names: list[str], tolerance: floa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        prog="export.py",
         description="Export a Deep Image Matting checkpoint to ONNX (run it with "
         "predict.py --onnx, or onnxruntime directly).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_checkpoint_args(p)
-    p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")
+    p.add_argument("--out", type=output("file"), required=True, help="the .onnx file to write")
     p.add_argument(
-        "--tolerance", type=float, default=TOLERANCE, help="max |onnxruntime - PyTorch| accepted"
+        "--opset",
+        type=number(int, MIN_OPSET, high=MAX_OPSET),
+        default=OPSET,
+        help=f"ONNX opset version ({MIN_OPSET}..{MAX_OPSET})",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=number(float, 0, strict=True),
+        default=TOLERANCE,
+        help="max |onnxruntime - PyTorch| accepted (> 0, finite)",
     )
     return p
 
@@ -224,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ExportError, OnnxModelError) as e:
         print(f"export.py: error: {e}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as e:  # a full disk or a read-only folder
+        print(f"export.py: error: {e}; free space or pass another --out", file=sys.stderr)
+        return 1
     outputs = "alpha_raw, alpha_refined" if model.refine_head is not None else "alpha_raw"
     print(
         f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): {ckpt} (stage {state.get('stage')}), "

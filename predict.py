@@ -9,6 +9,8 @@ Examples (from the repository root)::
     python predict.py --checkpoint runs/demo --image photo.jpg --mask photo_mask.png --band 1.5%
     # no trained model? classical closed-form matting
     python predict.py --method closed-form --image photo.jpg --mask photo_mask.png
+    # fine-tune a copy of the model on the photo's own colours first (test-time adaptation)
+    python predict.py --checkpoint runs/demo --image photo.jpg --trimap photo_trimap.png --adapt 25
     # an ONNX export (export.py) on onnxruntime: no PyTorch needed
     python predict.py --onnx model.onnx --image photo.jpg --trimap photo_trimap.png
 
@@ -55,12 +57,21 @@ if __package__ in (None, ""):
 import numpy as np
 
 from data import compose, layout
-from utils.cli import add_checkpoint_args, add_inference_args
+from utils.cli import (
+    OneLineParser,
+    add_checkpoint_args,
+    add_inference_args,
+    declare,
+    existing,
+    output,
+    writable_target,
+)
 from utils.image_io import (
     IMAGE_EXTS,
     MAX_PIXELS,
     ImageReadError,
     check_pixels,
+    image_size,
     read_gray,
     read_rgb,
     write_png,
@@ -148,13 +159,19 @@ def read_inputs(
     or a percentage of the image diagonal)."""
     for path in (job.image, job.guide):  # from the headers, before any decoding
         check_pixels(path, max_pixels)
+    (h, w), (gh, gw) = image_size(job.image), image_size(job.guide)
+    if (h, w) != (gh, gw):  # also from the headers: an oversized mask is never decoded
+        raise InputError(
+            f"image {job.image} is {w}x{h} (WxH) but {job.kind} {job.guide} is {gw}x{gh}: "
+            f"they must be the same size (resize the {job.kind} to the image with "
+            "nearest-neighbour interpolation)"
+        )
     image = read_rgb(job.image)
     guide = read_gray(job.guide)
-    if image.shape[:2] != guide.shape:
+    if image.shape[:2] != guide.shape:  # a header that lied about the size
         raise InputError(
             f"image {job.image} is {image.shape[1]}x{image.shape[0]} (WxH) but {job.kind} "
-            f"{job.guide} is {guide.shape[1]}x{guide.shape[0]}: they must be the same size "
-            f"(resize the {job.kind} to the image with nearest-neighbour interpolation)"
+            f"{job.guide} is {guide.shape[1]}x{guide.shape[0]}: they must be the same size"
         )
     if job.kind == "mask":
         return image, mask_to_trimap(guide, job.guide, band)
@@ -198,8 +215,23 @@ def mask_to_trimap(mask: np.ndarray, path: str | Path, band: str = "1%") -> np.n
 
 
 # --- CLI -------------------------------------------------------------------------------------
+@declare("band", "0", "-3", "x", "nan%", "1e999")
+def band_arg(text: str) -> str:
+    """argparse type of ``--band``: pixels ("12") or a percentage of the image diagonal
+    ("1.5%"), positive and finite."""
+    try:
+        compose.band_pixels(text, (1000, 1000))
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"expected pixels (e.g. 12) or a percentage of the image diagonal (e.g. 1.5%), "
+            f"positive and finite, got {text!r}"
+        ) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        prog="predict.py",
         description="Matte images with a trained Deep Image Matting checkpoint: alpha PNG, "
         "RGBA cut-out and an optional composite on a new background.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -216,22 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
         default="dim",
         help="dim: the checkpoint; closed-form: classical matting, no checkpoint needed",
     )
-    p.add_argument("--image", required=True, help="an image file or a folder of images")
+    p.add_argument(
+        "--image", type=existing("any"), required=True, help="an image file or a folder of images"
+    )
     guide = p.add_mutually_exclusive_group(required=True)
-    guide.add_argument("--trimap", help="a trimap file or a folder (same stems)")
+    guide.add_argument(
+        "--trimap", type=existing("any"), help="a trimap file or a folder (same stems)"
+    )
     guide.add_argument(
         "--mask",
+        type=existing("any"),
         help="instead of a trimap: a rough object mask (binary or soft; file or folder, same "
         "stems); the trimap is built around its edge and written as NAME_trimap.png",
     )
     p.add_argument(
         "--band",
+        type=band_arg,
         default="1%",
         help="with --mask: unknown band on each side of the mask edge, pixels (12) or a "
         "percentage of the image diagonal (1.5%%)",
     )
-    p.add_argument("--out", default="out", help="output folder")
-    p.add_argument("--background", help="composite the cut-out on this image")
+    p.add_argument("--out", type=output("dir"), default="out", help="output folder")
+    p.add_argument(
+        "--background", type=existing("file"), help="composite the cut-out on this image"
+    )
     p.add_argument("--fg-method", choices=("ml", "none"), default="ml", help="foreground colours")
     p.add_argument("--snap-trimap", action="store_true", help="map trimap values to 0/128/255")
     add_inference_args(p)
@@ -243,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     errors: tuple[type[Exception], ...] = (InputError, ImageReadError, OnnxModelError)
     if args.onnx is None:  # the --onnx path never imports torch (utils/checkpoint.py does)
+        from utils.adapt import AdaptError
         from utils.checkpoint import CheckpointError
 
-        errors += (CheckpointError,)
+        errors += (CheckpointError, AdaptError)
     try:
         return _run(args)
     except errors as e:
@@ -274,6 +315,12 @@ def _run(args) -> int:
         raise InputError("--method closed-form needs no checkpoint: drop --checkpoint/--stage")
     if args.onnx is not None:
         _check_onnx_flags(args)
+    if args.adapt and (args.onnx is not None or args.method != "dim"):
+        what = "--onnx (an export cannot be fine-tuned)" if args.onnx else "--method closed-form"
+        raise InputError(f"--adapt fine-tunes a DIM checkpoint: drop it with {what}")
+    if args.onnx is not None and not Path(args.onnx).is_file():  # before any input is read
+        what = "is a folder" if Path(args.onnx).is_dir() else "not found"
+        raise InputError(f"--onnx {args.onnx}: {what}, expected an .onnx file written by export.py")
     if args.mask:
         jobs = pair_inputs(args.image, args.mask, kind="mask")
     else:
@@ -286,24 +333,27 @@ def _run(args) -> int:
         scale=args.infer_scale,
         tta=args.tta,
     )
+    adapted = None  # (image, trimap) -> the model to matte them with
     if args.onnx is not None:
         from utils.onnx_inference import load_onnx_model
 
         model = load_onnx_model(args.onnx, stage=args.stage)
         label, device = f"Deep Image Matting (ONNX), {model.describe()}", "onnxruntime CPU"
     else:
-        model, label, device = _torch_model(args)
+        model, label, device, adapted = _torch_model(args)
         kwargs.update(device=device, amp=args.amp)
     log.info("method: %s on %s", label, device)
     out = Path(args.out)
     for job in tqdm(jobs, desc="matting", unit="img", disable=len(jobs) == 1):
         image, trimap = read_inputs(job, args.snap_trimap, args.band, args.max_pixels)
+        if args.onnx is None and args.method == "closed-form":
+            check_closed_form(trimap, job.guide)
         t0 = time.perf_counter()
-        result = matte(model, image, trimap, args.fg_method, background, **kwargs)
+        net = model if adapted is None else adapted(image, trimap)
+        result = matte(net, image, trimap, args.fg_method, background, **kwargs)
         if job.kind == "mask":
             result["trimap"] = trimap  # the trimap used: fix it by hand and pass --trimap
-        written = [write_png(out / f"{job.name}_{kind}.png", arr) for kind, arr in result.items()]
-        (out / f"{job.name}_method.txt").write_text(label + "\n", encoding="utf-8")
+        written = write_outputs(out, job.name, result, label)
         log.info(
             "%s: %dx%d in %.1f s -> %s",
             job.name,
@@ -315,8 +365,37 @@ def _run(args) -> int:
     return 0
 
 
+def check_closed_form(trimap: np.ndarray, path: str | Path) -> None:
+    """Closed-form matting propagates from sure pixels: it needs both kinds."""
+    missing = [name for value, name in ((0, "background (0)"), (255, "foreground (255)"))
+               if not (trimap == value).any()]  # fmt: skip
+    if missing:
+        raise InputError(
+            f"{path}: closed-form matting needs sure {' and '.join(missing)} pixels in the "
+            "trimap, and it has none; mark some, or use --method dim"
+        )
+
+
+def write_outputs(out: Path, name: str, result: dict, label: str) -> list[Path]:
+    """NAME_<kind>.png for each result and NAME_method.txt in ``out``; a folder that cannot
+    be written (read-only, full, a file in the way) is one :class:`InputError`."""
+    why = writable_target(out, "dir")
+    if why:
+        raise InputError(f"--out {why}")
+    try:
+        written = [write_png(out / f"{name}_{kind}.png", arr) for kind, arr in result.items()]
+        (out / f"{name}_method.txt").write_text(label + "\n", encoding="utf-8")
+    except OSError as e:
+        raise InputError(
+            f"--out {out}: cannot write {e.filename or 'the results'}: {e.strerror or e}"
+        ) from None
+    return written
+
+
 def _torch_model(args):
-    """(model or None for closed-form, label, torch device) from the torch-path flags."""
+    """(model or None for closed-form, label, torch device, adapted) from the torch-path flags;
+    ``adapted(image, trimap)`` is the model fine-tuned on that image (``--adapt``), or None."""
+    from utils import adapt
     from utils.checkpoint import load_model_for_inference
     from utils.device import check_amp, pick_device
 
@@ -326,9 +405,18 @@ def _torch_model(args):
     except (ValueError, RuntimeError) as e:
         raise InputError(str(e)) from e
     if args.method != "dim":
-        return None, "closed-form matting (Levin et al. 2008, pymatting)", device
+        return None, "closed-form matting (Levin et al. 2008, pymatting)", device, None
     model, state, ckpt = load_model_for_inference(args.checkpoint, device, stage=args.stage)
-    return model, f"Deep Image Matting, {ckpt} (stage {state.get('stage')})", device
+    label = f"Deep Image Matting, {ckpt} (stage {state.get('stage')})"
+    if not args.adapt:
+        return model, label, device, None
+    settings = adapt.settings_from_checkpoint(state)
+    settings.update(scale=args.infer_scale)
+
+    def adapted(image, trimap):  # a fresh copy per image
+        return adapt.adapt(model, image, trimap, args.adapt, **settings)
+
+    return model, f"{label}, adapted {args.adapt} steps per image", device, adapted
 
 
 if __name__ == "__main__":

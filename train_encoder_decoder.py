@@ -42,7 +42,7 @@ from models.py_encoder_decoder import DIM, ModelConfig, VGGWeightsError
 from models.stages import STAGES
 from utils import distributed as dist_utils
 from utils import starting_point
-from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.checkpoint import CheckpointError, CheckpointWriteError, save_checkpoint
 from utils.determinism import capture_rng_state, restore_rng_state, seed_everything
 from utils.device import describe_amp, prepare_training_process
 from utils.evaluation import evaluate_model
@@ -530,6 +530,9 @@ def main(argv: list[str] | None = None, callbacks: Mapping[str, Callable] | None
         Trainer(cfg, callbacks).fit()
     except NonFiniteLoss as e:
         log.error("%s", e)
+        return 1
+    except CheckpointWriteError as e:  # a full disk or a read-only runs folder: one line
+        log.error("%s. Free space there (or pass another --runs-dir) and continue with --resume", e)
         return 1
     except TrainerError as e:
         log.error("%s", e)

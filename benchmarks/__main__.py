@@ -47,7 +47,7 @@ if __package__ in (None, ""):
 
 from benchmarks import common
 from benchmarks.summary import SCHEMA_VERSION, TABLE_HEAD, build_table
-from utils.cli import OneLineParser
+from utils.cli import OneLineParser, name_list, number, output
 
 BENCHES: dict[str, str] = {
     "data": "benchmarks.bench_data",
@@ -117,18 +117,8 @@ def bench_kwargs(name: str, args: argparse.Namespace, results: dict[str, dict]) 
 _verdict = common.verdict
 
 
-def parse_stages(text: str) -> tuple[int, ...]:
-    """``--stages``: "1", "3" or "1,3"."""
-    try:
-        stages = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
-    except ValueError:
-        stages = ()
-    if not stages or set(stages) - {1, 3}:
-        raise argparse.ArgumentTypeError(f"takes 1 and/or 3 (e.g. 1,3), got {text!r}")
-    return stages
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The suite's flags and the GPU check's (benchmarks/gpu_check.py)."""
     from benchmarks import gpu_check
 
     p = OneLineParser(
@@ -137,31 +127,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="CI smoke test: small and fast")
-    p.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    p.add_argument(
+        "--json", type=output("file", Path), default=None, help="write every figure to this file"
+    )
     p.add_argument(
         "--only",
+        type=name_list(BENCHES),
         default=",".join(BENCHES),
         help=f"comma-separated subset of {','.join(BENCHES)}",
     )
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    p.add_argument("--workers", type=number(int, 0), default=None, help="DataLoader workers")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
-        "--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (TFLOP/s)"
+        "--peak-tflops",
+        type=number(float, 0, strict=True),
+        default=None,
+        help="dense bf16 peak of the GPU (TFLOP/s)",
     )
     p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. the load)")
     p.add_argument(
-        "--stages", type=parse_stages, default=(1, 3), help="training stages timed (1 and/or 3)"
+        "--stages",
+        type=common.parse_stages,
+        default=(1, 3),
+        help="training stages timed (1 and/or 3)",
     )
     gpu_check.add_arguments(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from benchmarks import gpu_check
+
+    p = build_parser()
     args = p.parse_args(argv)
     if args.gpu_check or args.dry_run:
         gpu_check.check_arguments(p, args, argv if argv is not None else sys.argv[1:])
         return args
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in only if s not in BENCHES]
-    if unknown or not only:
-        p.error(f"--only: unknown bench(es) {unknown}; choose from {','.join(BENCHES)}")
-    args.only = [name for name in BENCHES if name in only]  # the suite's order
+    args.only = [name for name in BENCHES if name in args.only]  # the suite's order
     if args.workers is None:
         args.workers = default_workers(args.device)
     if args.workers < 0:

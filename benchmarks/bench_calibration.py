@@ -38,6 +38,7 @@ import numpy as np
 from data.synthetic import ensure_synthetic
 from data.testsets import MattingExample, load_alphamatting, load_composition1k
 from utils import baselines, evaluation
+from utils.cli import OneLineParser, existing, name_list, number, output
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "alphamatting_lowres_dev"
@@ -172,21 +173,44 @@ def format_table(results: dict) -> str:
     return "\n".join(lines + notes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="python -m benchmarks.bench_calibration", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true", help=f"{QUICK_IMAGES} images, side {QUICK_SIDE}")
-    p.add_argument("--max-images", type=int, default=None, help="images per set (default all)")
-    p.add_argument("--max-side", type=int, default=None, help="downscale long side to PX")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
-    p.add_argument("--synthetic", type=Path, default=None, help="Composition-1k folder to use")
-    p.add_argument("--real", type=Path, default=REAL_DEFAULT, help="alphamatting.com folder")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    a = p.parse_args(argv)
-    methods = [m for m in a.methods.split(",") if m]
-    bad = sorted(set(methods) - set(METHODS))
-    if bad:
-        p.error(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
-    results = run(a.quick, a.max_images, a.max_side, methods, a.synthetic, a.real)
+    p.add_argument(
+        "--max-images", type=number(int, 1), default=None, help="images per set (default all)"
+    )
+    p.add_argument(
+        "--max-side", type=number(int, 1), default=None, help="downscale long side to PX"
+    )
+    p.add_argument(
+        "--methods",
+        type=name_list(METHODS),
+        default=",".join(METHODS),
+        help="comma-separated subset",
+    )
+    p.add_argument(
+        "--synthetic",
+        type=existing("dir", convert=Path),
+        default=None,
+        help="Composition-1k folder to use",
+    )
+    p.add_argument(
+        "--real",
+        type=existing("dir", convert=Path),
+        default=REAL_DEFAULT,
+        help="alphamatting.com folder",
+    )
+    p.add_argument(
+        "--json", type=output("file", Path), default=None, help="also write the results here"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = build_parser().parse_args(argv)
+    results = run(a.quick, a.max_images, a.max_side, a.methods, a.synthetic, a.real)
     print(format_table(results))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from data import compose, layout
 from data.demo import make_demo_folder
 from data.py_adobe_data import AdobeDataset, worker_init_fn
 from data.sources import find_layout, find_sources
+from utils.cli import OneLineParser, number, output
 
 FG_HW = (1080, 1440)
 BG_HW = (480, 640)
@@ -228,13 +229,19 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m benchmarks.bench_data", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer images and samples (~20 s)")
-    p.add_argument("--size", type=int, default=320, help="output size (default 320)")
-    p.add_argument("--workers", type=int, default=0, help="also time a DataLoader with N workers")
-    p.add_argument("--json", help="write the figures to this JSON file")
-    args = p.parse_args(argv)
+    p.add_argument("--size", type=number(int, 32), default=320, help="output size (default 320)")
+    p.add_argument(
+        "--workers", type=number(int, 0), default=0, help="also time a DataLoader with N workers"
+    )
+    p.add_argument("--json", type=output("file"), help="write the figures to this JSON file")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     r = run(quick=args.quick, size=args.size, workers=args.workers)
     print(format_table(r))
     if args.json:

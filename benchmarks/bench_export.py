@@ -25,6 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root
 
 from benchmarks import common
+from utils.cli import OneLineParser, output
 
 FULL_SIZE = (800, 600)  # (width, height): bench_infer.py's first row
 QUICK_SIZE = (256, 192)
@@ -114,12 +115,18 @@ def format_result(r: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="python -m benchmarks.bench_export", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true", help="a 256x192 image (< 30 s)")
     p.add_argument("--size", type=common.parse_size, help="WxH of the image (default 800x600)")
-    p.add_argument("--json", help="write the results to this JSON file")
-    args = p.parse_args(argv)
+    p.add_argument("--json", type=output("file"), help="write the results to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     result = run(args.quick, args.size)
     print(format_result(result))
     if args.json:

@@ -39,6 +39,7 @@ if __package__ in (None, ""):
 
 from benchmarks import common
 from benchmarks.common import peak_rss_mb
+from utils.cli import OneLineParser, number, output
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ((800, 600), (2000, 2000), (4000, 3000))  # (width, height)
@@ -251,22 +252,44 @@ def _format_row(r: dict) -> str:
     return f"{head} {r['ms_per_mpx']:9.0f} ms/Mpx {r['seconds']:7.1f} s{est}  {mem}  {win}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m benchmarks.bench_infer", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="800x600 whole + small tiled (< 60 s)")
-    p.add_argument("--device", default="all", help="cpu | cuda | all (CPU, and CUDA if present)")
-    p.add_argument("--tile", type=int, default=512, help="tile size of the tiled rows")
     p.add_argument(
-        "--max-side", type=int, help="tiled rows: pick tiles as the CLIs do (e.g. 1600) instead"
+        "--device",
+        choices=("cpu", "cuda", "all"),
+        default="all",
+        help="cpu | cuda | all (CPU, and CUDA if present)",
     )
-    p.add_argument("--cpu-windows", type=int, default=3, help="windows run for large CPU cases")
-    p.add_argument("--mem-budget-gb", type=float, help="skip whole-image CPU cases above this")
+    p.add_argument(
+        "--tile", type=number(int, 0), default=512, help="tile size of the tiled rows (0: whole)"
+    )
+    p.add_argument(
+        "--max-side",
+        type=number(int, 1),
+        help="tiled rows: pick tiles as the CLIs do (e.g. 1600) instead",
+    )
+    p.add_argument(
+        "--cpu-windows",
+        type=number(int, 1),
+        default=3,
+        help="windows run for large CPU cases",
+    )
+    p.add_argument(
+        "--mem-budget-gb",
+        type=number(float, 0, strict=True),
+        help="skip whole-image CPU cases above this",
+    )
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast for the CUDA rows")
-    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--json", type=output("file"), help="write the results to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=common.parse_size, help=argparse.SUPPRESS)
-    p.add_argument("--windows", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    p.add_argument("--windows", type=number(int, 1), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args)))
         return 0

@@ -25,6 +25,7 @@ import numpy as np
 
 from tests import reference_metrics as reference
 from utils import metrics
+from utils.cli import OneLineParser, number, output
 
 TARGET_SECONDS = 0.15
 TARGET_SPEEDUP = 5.0
@@ -182,12 +183,22 @@ def print_table(res: dict) -> None:
     print(f"{verdict} (judged on CPU time: the machine may be shared)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="python -m benchmarks.bench_metrics", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="500x500 instead of 2000x2000")
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs (best is kept)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--repeat", type=number(int, 1), default=None, help="timed runs (best is kept)"
+    )
+    parser.add_argument(
+        "--json", type=output("file", Path), default=None, help="write the results here"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     res = run(quick=args.quick, repeat=args.repeat)
     print_table(res)
     if args.json is not None:

@@ -76,6 +76,7 @@ from torch import Tensor, nn
 
 from benchmarks import common
 from models.py_loss import DIMLoss
+from utils.cli import OneLineParser, number, output
 from utils.device import cpu_has_native_bf16
 
 SIZE, QUICK_SIZE = 320, 64
@@ -906,22 +907,38 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="64x64, batch 2, 2 timed steps")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (end-to-end)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 2 on CPU, 32 on CUDA")
     p.add_argument(
-        "--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, TFLOP/s"
+        "--workers", type=number(int, 0), default=None, help="DataLoader workers (end-to-end)"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (Trainer)")
-    p.add_argument("--stages", default="1,3", help="comma-separated stages (1 and/or 3)")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
-    args = p.parse_args(argv)
-    stages = tuple(int(x) for x in args.stages.split(",") if x)
-    if not stages or set(stages) - {1, 3}:
-        p.error(f"--stages takes 1 and/or 3, got {args.stages!r}")
+    p.add_argument(
+        "--batch-size", type=number(int, 1), default=None, help="default: 2 on CPU, 32 on CUDA"
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=number(float, 0, strict=True),
+        default=None,
+        help="dense bf16 peak of the GPU, TFLOP/s",
+    )
+    p.add_argument(
+        "--threads", type=number(int, 1), default=None, help="torch CPU threads (Trainer)"
+    )
+    p.add_argument(
+        "--stages",
+        type=common.parse_stages,
+        default="1,3",
+        help="comma-separated stages (1 and/or 3)",
+    )
+    p.add_argument("--json", type=output("file", Path), default=None, help="write the results here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    stages = args.stages
     res = run(
         quick=args.quick,
         device=None if args.device == "auto" else args.device,

@@ -270,9 +270,28 @@ def markdown_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"800x600"`` -> (800, 600): (width, height) for ``--size`` flags."""
+    """``"800x600"`` -> (800, 600): (width, height) for ``--size`` flags, both >= 1."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WxH, e.g. 800x600, got {text!r}") from None
+    if min(w, h) < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be >= 1, got {text!r}")
     return w, h
+
+
+def parse_stages(text: str) -> tuple[int, ...]:
+    """``--stages``: "1", "3" or "1,3" (the training stages the benchmarks time)."""
+    try:
+        stages = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        stages = ()
+    if not stages or set(stages) - {1, 3}:
+        raise argparse.ArgumentTypeError(f"takes 1 and/or 3 (e.g. 1,3), got {text!r}")
+    return stages
+
+
+# What utils.cli.declare marks (set by hand: this module imports no project code): the flag
+# kind and values each type refuses, tried by tests/test_cli_flags.py.
+parse_size.flag_kind, parse_size.bad_values = "size", ("800", "0x600", "axb")
+parse_stages.flag_kind, parse_stages.bad_values = "stages", ("2", "1,x", "")

@@ -30,7 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
-from utils.cli import OneLineParser
+from utils.cli import OneLineParser, number, output
 
 
 class CompareError(RuntimeError):
@@ -115,21 +115,26 @@ def compare(base: str, head: str, rounds: int, iters: int, extra: list[str]) -> 
         shutil.rmtree(work, ignore_errors=True)
 
 
+def build_parser() -> OneLineParser:
+    """The flags before ``--`` (after it: more trainer flags for both runs)."""
+    p = OneLineParser(
+        prog="python -m benchmarks.compare_commits", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--base", required=True, help="revision to compare against (git)")
+    p.add_argument("--head", default="HEAD", help="revision to time against --base (git)")
+    p.add_argument("--rounds", type=number(int, 1), default=3, help="alternating runs of each")
+    p.add_argument("--iters", type=number(int, 2), default=12, help="iterations per run")
+    p.add_argument("--json", type=output("file", Path), help="write the report here")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
-    p = OneLineParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", required=True, help="revision to compare against")
-    p.add_argument("--head", default="HEAD")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--iters", type=int, default=12)
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.iters < 2:
-        p.error("--rounds must be >= 1 and --iters >= 2")
+    args = build_parser().parse_args(argv)
     try:
         report = compare(args.base, args.head, args.rounds, args.iters, extra)
     except CompareError as e:

@@ -53,6 +53,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks import summary as suite
+from utils.cli import declare
 
 ROOT = common.ROOT
 REQUIRE_CUDA_ENV = "DIM_REQUIRE_CUDA"  # tests/conftest.py: cuda tests fail instead of skipping
@@ -107,6 +108,7 @@ class Part:
 
 
 # --- arguments ---------------------------------------------------------------------------------
+@declare("minutes", "0", "-1", "nan", "inf", "x")
 def positive_minutes(text: str) -> float:
     try:
         value = float(text)
@@ -134,7 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the training part's --max-minutes (3; dry run 0.1)",
     )
-    g.add_argument("--tests-filter", default=None, help="pytest -k expression for the tests")
+    g.add_argument(
+        "--tests-filter", default=None, help="pytest -k expression for the tests (free text)"
+    )
 
 
 # Suite flags that mean nothing to the check (it picks its own benchmarks and device).

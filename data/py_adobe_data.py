@@ -230,24 +230,45 @@ def sample_grid(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> np.ndar
     return np.concatenate(rows, axis=0)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", help="Adobe-style data folder (default: the built-in synthetic set)")
-    p.add_argument("--fg-dir", action="append", help="foreground folder (repeatable)")
-    p.add_argument("--alpha-dir", action="append", help="alpha folder (one per --fg-dir)")
-    p.add_argument("--bg-dir", help="backgrounds folder (COCO train2014)")
-    p.add_argument("--fg-names", help="training_fg_names.txt")
-    p.add_argument("--bg-names", help="training_bg_names.txt")
-    p.add_argument("--n", type=int, default=32, help="samples to draw and check")
-    p.add_argument("--size", type=int, default=320, help="output size S")
-    p.add_argument("--seed", type=int, default=0)
+def build_parser() -> argparse.ArgumentParser:
+    """The self-test's flags (``python data/py_adobe_data.py``)."""
+    from utils.cli import OneLineParser, existing, number, output, port_arg
+
+    folder = existing("dir")
+    p = OneLineParser(prog="python data/py_adobe_data.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--root",
+        type=folder,
+        help="Adobe-style data folder (default: the built-in synthetic set)",
+    )
+    p.add_argument("--fg-dir", type=folder, action="append", help="foreground folder (repeatable)")
+    p.add_argument(
+        "--alpha-dir", type=folder, action="append", help="alpha folder (one per --fg-dir)"
+    )
+    p.add_argument("--bg-dir", type=folder, help="backgrounds folder (COCO train2014)")
+    p.add_argument("--fg-names", type=existing("file"), help="training_fg_names.txt")
+    p.add_argument("--bg-names", type=existing("file"), help="training_bg_names.txt")
+    p.add_argument("--n", type=number(int, 1), default=32, help="samples to draw and check")
+    p.add_argument("--size", type=number(int, 32), default=320, help="output size S (>= 32)")
+    p.add_argument("--seed", type=number(int, 0), default=0)
     p.add_argument("--no-cache", action="store_true", help="decode files for every sample")
-    p.add_argument("--cache-dir", help="decoded cache folder (default .cache/decoded)")
-    p.add_argument("--out", default="runs/data_selftest", help="folder for the grid and logs")
+    p.add_argument(
+        "--cache-dir", type=output("dir"), help="decoded cache folder (default .cache/decoded)"
+    )
+    p.add_argument(
+        "--out",
+        type=output("dir"),
+        default="runs/data_selftest",
+        help="folder for the grid and logs",
+    )
     p.add_argument("--visdom-server", default="http://localhost")
-    p.add_argument("--visdom-port", type=int, default=8097)
+    p.add_argument("--visdom-port", type=port_arg, default=8097)
     p.add_argument("--no-visdom", action="store_true", help="write the grid to --out only")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     # Self-test only: the dataset itself needs none of these (nor the visualisation layer).
     from data.synthetic import ensure_synthetic
     from utils.visualization import Visualizer

@@ -557,10 +557,11 @@ def build_validation_set(
 OFFICIAL_FOREGROUNDS, OFFICIAL_PER_FG = 50, 20  # Composition-1k: 50 x 20 VOC backgrounds
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python data/testsets.py composition1k ...``: build the test set by the official rule."""
-    from utils.cli import OneLineParser, number
+def build_parser():
+    """``python data/testsets.py composition1k ...``'s flags."""
+    from utils.cli import OneLineParser, existing, number, output
 
+    folder, listing = existing("dir", convert=Path), existing("file", convert=Path)
     p = OneLineParser(prog="python data/testsets.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser(
@@ -574,18 +575,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python evaluate.py --checkpoint runs/NAME --testset OUT",
     )
     T = "Combined_Dataset/Test_set"
-    c.add_argument("--fg-dir", type=Path, required=True, help=f"{T}/Adobe-licensed images/fg")
-    c.add_argument("--alpha-dir", type=Path, required=True, help=f"{T}/Adobe-licensed images/alpha")
-    c.add_argument("--bg-dir", type=Path, required=True, help="PASCAL VOC 2012 JPEGImages")
-    c.add_argument("--fg-names", type=Path, required=True, help=f"{T}/test_fg_names.txt")
-    c.add_argument("--bg-names", type=Path, required=True, help=f"{T}/test_bg_names.txt")
+    c.add_argument("--fg-dir", type=folder, required=True, help=f"{T}/Adobe-licensed images/fg")
+    c.add_argument(
+        "--alpha-dir", type=folder, required=True, help=f"{T}/Adobe-licensed images/alpha"
+    )
+    c.add_argument("--bg-dir", type=folder, required=True, help="PASCAL VOC 2012 JPEGImages")
+    c.add_argument("--fg-names", type=listing, required=True, help=f"{T}/test_fg_names.txt")
+    c.add_argument("--bg-names", type=listing, required=True, help=f"{T}/test_bg_names.txt")
     c.add_argument(
         "--trimap-dir",
-        type=Path,
+        type=folder,
         required=True,
         help=f"the official trimaps, {T}/Adobe-licensed images/trimaps (never regenerate them)",
     )
-    c.add_argument("--out", type=Path, required=True, help="the test set's folder")
+    c.add_argument("--out", type=output("dir", Path), required=True, help="the test set's folder")
     c.add_argument(
         "--per-fg",
         type=number(int, 1),
@@ -593,7 +596,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"backgrounds per foreground (official: {OFFICIAL_PER_FG})",
     )
     c.add_argument("--overwrite", action="store_true", help="rewrite files that exist")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python data/testsets.py composition1k ...``: build the test set by the official rule."""
+    args = build_parser().parse_args(argv)
     try:
         fg_names = read_name_list(args.fg_names, "test foreground name")
         bg_names = read_name_list(args.bg_names, "test background name")

@@ -128,10 +128,17 @@ def test_visdom_flag_writes_panels_without_a_server(tmp_path):
 # --- errors ----------------------------------------------------------------------------------
 def test_clear_errors(checkpoint, tmp_path, capsys):
     def err(argv: list[str]) -> str:
-        assert evaluate.main([*argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
-        return capsys.readouterr().err
+        try:  # refused in main, or where the flags are parsed (a path that does not exist)
+            code = evaluate.main([*argv, "--out", str(tmp_path / "o"), "--quiet"])
+        except SystemExit as e:
+            code = e.code
+        assert code == 2
+        msg = capsys.readouterr().err
+        assert msg.count("\n") == 1, msg
+        return msg
 
-    assert "checkpoint not found" in err(["--checkpoint", str(tmp_path / "missing.pt")])
+    msg = err(["--checkpoint", str(tmp_path / "missing.pt")])
+    assert "--checkpoint" in msg and "missing.pt" in msg and "does not exist" in msg
     foreign = tmp_path / "foreign.pt"
     torch.save({"net": {"w": torch.zeros(1)}}, foreign)
     assert "not a Deep Image Matting checkpoint" in err(["--checkpoint", str(foreign)])
@@ -140,7 +147,7 @@ def test_clear_errors(checkpoint, tmp_path, capsys):
     msg = err(["--checkpoint", str(checkpoint), "--device", "cpu", "--amp", "fp16"])
     assert "needs a CUDA device" in msg
     assert "go together" in err(["--method", "trimap-only", "--images", str(tmp_path)])
-    assert "drop --checkpoint" in err(["--pred-dir", str(tmp_path), "--checkpoint", "x.pt"])
+    assert "drop --checkpoint" in err(["--pred-dir", str(tmp_path), "--checkpoint", str(foreign)])
     assert "no images" in err(["--pred-dir", str(tmp_path)])
 
 

@@ -299,7 +299,7 @@ def test_cli_mask_and_closed_form_without_checkpoint(inputs, tmp_path):
              str(out / "cat_trimap.png"), "--out", str(out2), "--fg-method", "none"]  # fmt: skip
     assert predict.main(argv2) == 0
     np.testing.assert_array_equal(read_gray(out2 / "cat_alpha.png"), alpha)
-    assert predict.main([*argv, "--checkpoint", "x.pt"]) == 2
+    assert predict.main([*argv, "--checkpoint", str(inputs["image"])]) == 2  # not with a model
 
 
 def test_huge_declared_image_is_refused_from_the_header(tmp_path, capsys):

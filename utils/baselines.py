@@ -28,6 +28,9 @@ def zeros(example) -> np.ndarray:
     return _known_plus(example, 0.0)
 
 
+MIN_CF_SIDE = 3  # closed-form matting's window (3x3) must fit in the image
+
+
 def closed_form(example) -> np.ndarray:
     """Closed-form matting (Levin et al. 2008) via pymatting's ``estimate_alpha_cf``.
 
@@ -41,7 +44,15 @@ def closed_form(example) -> np.ndarray:
         raise ValueError(
             f"{example.name}: closed-form matting needs known foreground and background pixels"
         )
-    alpha = estimate_alpha_cf(np.asarray(example.image, np.float64) / 255.0, t / 255.0)
+    # Its Laplacian has 3x3 windows: a side under 3 px is edge-padded to 3 and cropped back
+    # (otherwise the solver does not converge).
+    (h, w), pads = t.shape, [(0, 0), (0, 0)]
+    for axis, side in enumerate((h, w)):
+        extra = max(0, MIN_CF_SIDE - side)
+        pads[axis] = (extra // 2, extra - extra // 2)
+    image = np.pad(np.asarray(example.image, np.float64) / 255.0, [*pads, (0, 0)], mode="edge")
+    alpha = estimate_alpha_cf(image, np.pad(t / 255.0, pads, mode="edge"))
+    alpha = alpha[pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + w]
     alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
     known = t != 128
     alpha[known] = (t[known] == 255).astype(np.float32)  # exactly the trimap where it is sure

@@ -12,16 +12,23 @@ A checkpoint is a plain dict of tensors and builtins, so it loads with
     rng           RNG states (python, numpy, torch, cuda) for exact resume
 
 Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target,
-so a crash or Ctrl-C mid-write leaves the previous file intact.
+so a crash or Ctrl-C mid-write leaves the previous file intact. Before writing, the free space
+of the folder is compared with the size the file will have (the tensors' bytes); a full disk,
+a read-only folder or one without write permission stops the save with
+:class:`CheckpointWriteError`, whose one line names the folder, the space needed and free, and
+the checkpoint beside it that is still whole.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -30,29 +37,160 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not one of this project's."""
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` to ``path`` (parent folders are created)."""
+# errno values that mean "this folder cannot take the file" (not a bug in the writer)
+WRITE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than this file system allows",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+OVERHEAD = 1 << 20  # bytes a checkpoint takes beyond its tensors' (zip headers, pickles)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint (or export) could not be written: the disk is full, the folder is
+    read-only or not writable. The message is one line naming the folder, the space needed
+    and free, and the file beside it that is still whole; nothing partial is left behind."""
+
+    def __init__(
+        self,
+        path: Path,
+        reason: str,
+        needed: int,
+        free: int | None,
+        code: int | None = None,
+        last_good: Path | None = None,
+    ):
+        self.path, self.folder, self.reason = path, path.parent, reason
+        self.needed, self.free, self.errno, self.last_good = needed, free, code, last_good
+        space = f"needs about {_mb(needed)}, {'?' if free is None else _mb(free)} free"
+        whole = (
+            f"the last whole checkpoint there is {last_good}"
+            if last_good is not None
+            else "no earlier checkpoint there"
+        )
+        super().__init__(
+            f"cannot write {path.name} in {self.folder}: {reason} ({space}); nothing partial "
+            f"was left, {whole}"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def state_nbytes(state: Any, _seen: set | None = None) -> int:
+    """The bytes of every tensor storage in a (nested) checkpoint dict, each storage once:
+    what ``torch.save`` writes, less a little overhead (:data:`OVERHEAD`)."""
+    seen = set() if _seen is None else _seen
+    if isinstance(state, torch.Tensor):
+        storage = state.untyped_storage()
+        key = (storage.data_ptr(), str(state.device))
+        if key in seen:
+            return 0
+        seen.add(key)
+        return storage.nbytes()
+    if isinstance(state, dict):
+        return sum(state_nbytes(v, seen) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_nbytes(v, seen) for v in state)
+    return 0
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Free space of the file system holding ``folder`` (None when it cannot be asked)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def last_whole(path: Path) -> Path | None:
+    """The checkpoint that is still whole beside ``path``: ``path`` itself when it exists (the
+    write is atomic, so a failed one leaves it untouched), else the newest ``*.pt`` there."""
+    if path.is_file():
+        return path
+    try:
+        others = [p for p in path.parent.glob("*.pt") if p.is_file()]
+    except OSError:
+        return None
+    return max(others, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _write_error(path: Path, e: BaseException, needed: int) -> CheckpointWriteError | None:
+    """The :class:`CheckpointWriteError` an exception during a write means, or None (a bug:
+    re-raised as it is). torch's zip writer reports a full disk as a RuntimeError."""
+    folder = path.parent if path.parent.is_dir() else None
+    free = free_bytes(folder) if folder is not None else None
+    code = getattr(e, "errno", None)
+    if code in WRITE_ERRNOS:
+        reason = WRITE_ERRNOS[code]
+    elif isinstance(e, NotADirectoryError | FileExistsError):
+        reason = f"a file is in the way ({e.filename or path.parent})"
+    elif isinstance(e, RuntimeError) and free is not None and free < needed:
+        code, reason = errno.ENOSPC, "the disk is full"
+    else:
+        return None
+    return CheckpointWriteError(path, reason, needed, free, code, last_whole(path))
+
+
+def write_atomically(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], None], needed: int
+) -> Path:
+    """Write a file through ``write(f)`` to a temporary file beside ``path``, fsync it and
+    rename it over ``path`` (parent folders are created). ``needed``: its expected size in
+    bytes, compared with the free space first. A full disk or a folder that cannot be written
+    raises :class:`CheckpointWriteError`; the temporary file is always removed on failure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        err = _write_error(path, e, needed)
+        if err is None:
+            raise
+        raise err from e
+    free = free_bytes(path.parent)
+    if free is not None and free < needed:
+        raise CheckpointWriteError(
+            path, "not enough free space", needed, free, errno.ENOSPC, last_whole(path)
+        )
     # The writer's pid is in the name, so a later start can tell a dead writer's leftover
     # (kill -9 mid-save) from a live writer's file (remove_stale_temps).
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as e:
+        err = _write_error(path, e, needed)
+        if err is None:
+            raise
+        raise err from e
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the checkpoint the permissions of any new file.
+        # mkstemp creates 0600 files; give the file the permissions of any new file.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        err = _write_error(path, e, needed) if isinstance(e, OSError | RuntimeError) else None
+        if err is None:
+            raise
+        raise err from e
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` to ``path`` (parent folders are created); a full disk or a
+    folder that cannot be written raises :class:`CheckpointWriteError`, checked against the
+    free space before anything is written."""
+    return write_atomically(path, lambda f: torch.save(state, f), state_nbytes(state) + OVERHEAD)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -115,6 +253,63 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+# --- do the weights fit the model? -----------------------------------------------------------
+def model_shapes(config) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of the model ``config`` (a ModelConfig or its dict) describes, with
+    its shape; built on the meta device (no memory, ~50 ms)."""
+    from models.py_encoder_decoder import DIM, ModelConfig
+
+    if not isinstance(config, ModelConfig):
+        config = ModelConfig.from_dict(config)
+    with torch.device("meta"):
+        model = DIM(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def misfit(
+    weights: dict[str, Any], shapes: dict[str, tuple[int, ...]], missing_ok: str | None = None
+) -> str | None:
+    """The first way ``weights`` do not fit a model with state-dict ``shapes``, as a phrase
+    naming the key (and both shapes), or None when they fit. Keys starting with
+    ``missing_ok`` may be absent from the weights (a refine head a stage adds)."""
+    for key, shape in shapes.items():
+        if key not in weights:
+            if missing_ok and key.startswith(missing_ok):
+                continue
+            return f"the model has {key} {list(shape)}, the file has no such tensor"
+        got = tuple(getattr(weights[key], "shape", ()))
+        if got != shape:
+            return f"{key} is {list(got)} in the file but {list(shape)} in the model"
+    extra = next((k for k in weights if k not in shapes), None)
+    if extra is not None:
+        shape = list(getattr(weights[extra], "shape", ()))
+        return f"the file has {extra} {shape}, the model has no such tensor"
+    return None
+
+
+def fitting_flags(weights: dict[str, Any], config, missing_ok: str | None = None) -> str | None:
+    """The trainer flags (e.g. ``--fc6 conv1x1``) that, changed from ``config`` one at a time,
+    give a model ``weights`` fit; None when no single flag does."""
+    from dataclasses import replace
+
+    from models.py_encoder_decoder import ModelConfig
+
+    if not isinstance(config, ModelConfig):
+        config = ModelConfig.from_dict(config)
+    for f in ModelConfig.flags():
+        for value in f.metadata.get("choices") or ():
+            if value == config.flag_value(f.name) or value == getattr(config, f.name):
+                continue
+            try:
+                other = replace(config, **{f.name: value})
+                fits = misfit(weights, model_shapes(other), missing_ok) is None
+            except (ValueError, TypeError, RuntimeError):
+                continue
+            if fits:
+                return f"--{f.name.replace('_', '-')} {other.flag_value(f.name)}"
+    return None
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights.
 
@@ -126,12 +321,21 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
     state = load_checkpoint(path, map_location)
     model = build_model(state["model_config"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
+    weights = state["model"]
+    why = misfit(weights, model_shapes(model.config)) if isinstance(weights, dict) else None
+    if why is not None or not isinstance(weights, dict):
+        flags = fitting_flags(weights, model.config) if isinstance(weights, dict) else None
+        hint = f"; they fit that model with {flags}" if flags else ""
         raise CheckpointError(
-            f"{path}: weights do not fit the model they claim to be ({state['model_config']}): {e}"
-        ) from e
+            f"{path}: its weights do not fit the model its model_config describes "
+            f"({why or 'no state dict'}){hint}: the file was changed after training wrote it, "
+            "or written by other code"
+        )
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # a fit by shapes that still fails: one line of torch's reason
+        reason = " ".join(str(e).split())
+        raise CheckpointError(f"{path}: its weights do not load into its model: {reason}") from e
     model.infer_scale = float((state.get("config") or {}).get("infer_scale") or 1.0)
     return model.to(map_location).eval(), state
 

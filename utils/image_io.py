@@ -53,7 +53,13 @@ def decode(path: PathLike) -> np.ndarray:
     """Decode ``path`` as stored: (H, W) or (H, W, C) with C in {1, 3, 4}, BGR(A) order,
     dtype uint8, uint16 or float32. Raises :class:`ImageReadError`."""
     buf = _read_bytes(path)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # e.g. a header declaring more pixels than OpenCV ever decodes
+        reason = str(e).strip().splitlines()[-1].split(") ", 1)[-1] or "decoder error"
+        raise ImageReadError(
+            f"{path}: OpenCV cannot decode it ({reason}); check the file, or convert it to PNG"
+        ) from None
     if img is None or img.size == 0:
         raise ImageReadError(
             f"{path}: not a readable image (corrupt, truncated or an unsupported format); "
@@ -192,8 +198,12 @@ def write_png(path: PathLike, arr: np.ndarray) -> Path:
         raise OSError(f"{p}: PNG encoding failed")
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    buf.tofile(tmp)
-    os.replace(tmp, p)
+    try:
+        buf.tofile(tmp)
+        os.replace(tmp, p)
+    except BaseException:  # a full disk or a kill: no partial file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return p
 
 
@@ -234,8 +244,58 @@ def _jpeg_size(f) -> tuple[int, int] | None:
         f.seek(length - 2, os.SEEK_CUR)
 
 
+def _bmp_size(head: bytes) -> tuple[int, int] | None:
+    if head[:2] != b"BM" or len(head) < 26:
+        return None
+    (dib,) = struct.unpack("<I", head[14:18])
+    if dib == 12:  # BITMAPCOREHEADER: 16-bit sides
+        w, h = struct.unpack("<HH", head[18:22])
+    else:
+        w, h = struct.unpack("<ii", head[18:26])
+    return (abs(h), abs(w))  # a negative height: stored top-down
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    if head[:4] != b"RIFF" or head[8:12] != b"WEBP" or len(head) < 30:
+        return None
+    chunk = head[12:16]
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", head[26:30])
+        return (h & 0x3FFF, w & 0x3FFF)
+    if chunk == b"VP8L":
+        (bits,) = struct.unpack("<I", head[21:25])
+        return (((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1)
+    if chunk == b"VP8X":
+        w = int.from_bytes(head[24:27], "little") + 1
+        h = int.from_bytes(head[27:30], "little") + 1
+        return (h, w)
+    return None
+
+
+def _tiff_size(f, head: bytes) -> tuple[int, int] | None:
+    """The first image's size from its IFD (tags 256/257); None for BigTIFF or a bad IFD."""
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(head[:4])
+    if order is None:
+        return None
+    (offset,) = struct.unpack(order + "I", head[4:8])
+    f.seek(offset)
+    raw = f.read(2)
+    if len(raw) < 2:
+        return None
+    (count,) = struct.unpack(order + "H", raw)
+    entries = f.read(12 * min(count, 4096))
+    size: dict[int, int] = {}
+    for i in range(0, len(entries) - 11, 12):
+        tag, kind = struct.unpack(order + "HH", entries[i : i + 4])
+        if tag in (256, 257) and kind in (3, 4):
+            fmt = order + ("H" if kind == 3 else "I")
+            size[tag] = struct.unpack(fmt, entries[i + 8 : i + 8 + struct.calcsize(fmt)])[0]
+    return (size[257], size[256]) if len(size) == 2 else None
+
+
 def image_size(path: PathLike) -> tuple[int, int]:
-    """(H, W) of an image, from the PNG/JPEG header when possible (no pixel decoding).
+    """(H, W) of an image, from the PNG/JPEG/BMP/WebP/TIFF header when possible (no pixel
+    decoding).
 
     Other formats, and headers that cannot be parsed, are decoded in full. Raises
     :class:`ImageReadError` for missing, empty or unreadable files.
@@ -248,9 +308,11 @@ def image_size(path: PathLike) -> tuple[int, int]:
             head = f.read(32)
             if not head:
                 raise ImageReadError(f"{p}: file is empty (0 bytes); copy or download it again")
-            size = _png_size(head)
+            size = _png_size(head) or _bmp_size(head) or _webp_size(head)
             if size is None and head[:2] == b"\xff\xd8":
                 size = _jpeg_size(f)
+            if size is None:
+                size = _tiff_size(f, head)
     except OSError as e:
         raise ImageReadError(f"{p}: cannot be read ({e}); check its permissions") from e
     if size is not None and size[0] > 0 and size[1] > 0:

@@ -20,6 +20,8 @@ def estimate_foreground(image_u8: np.ndarray, alpha: np.ndarray, method: str = "
         return image.astype(np.float32)
     if method != "ml":
         raise ValueError(f"fg method must be 'ml' or 'none', got {method!r}")
+    if max(image.shape[:2]) < 2:  # one pixel: F = the pixel (pymatting's levels need two)
+        return image.astype(np.float32)
     from pymatting import estimate_foreground_ml
 
     fg = estimate_foreground_ml(image, alpha.astype(np.float64))

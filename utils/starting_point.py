@@ -8,6 +8,7 @@ broken one fails at once with a :class:`utils.train_args.TrainerError` that says
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from models.py_encoder_decoder import (
@@ -19,7 +20,14 @@ from models.py_encoder_decoder import (
     vgg_hub_cache_file,
 )
 from models.stages import Stage
-from utils.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    fitting_flags,
+    load_checkpoint,
+    misfit,
+    model_shapes,
+)
 from utils.train_args import RESUME_FREE_KEYS, TrainerError
 
 log = logging.getLogger("train")
@@ -36,9 +44,12 @@ def open_all(
     source) the ImageNet weights of a stage that starts from them."""
     path, state = open_resume(cfg["resume"], stage_dir, cfg["stage"], cfg, model_config)
     if state is not None:
+        check_fits("--resume", path, state, model_config)
         return (path, state), None, None
     path, state = open_start(cfg["init"], cfg["stage"], stage, stage_dir.parent, cfg)
     if state is not None:
+        flag = "--init" if cfg["init"] is not None else f"stage {stage.starts_from}'s best.pt"
+        check_fits(flag, path, state, model_config, missing_ok="refine_head.")
         return None, (path, state), None
     return None, None, read_vgg(cfg["vgg_weights"]) if stage.starts_from is None else None
 
@@ -104,6 +115,44 @@ def check_same_run(path: Path, state: dict, cfg: dict, model_config: ModelConfig
             path,
             ", ".join(f"{k} {old[k]!r} -> {cfg[k]!r}" for k in changed),
         )
+
+
+def check_fits(
+    flag: str, path: Path, state: dict, model_config: ModelConfig, missing_ok: str | None = None
+) -> None:
+    """Refuse, in one line, a checkpoint whose weights do not fit this run's model: the first
+    key that differs (with both shapes) and the flags that make the model match (what the
+    checkpoint's stored model_config says, or the one flag its weights fit)."""
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise TrainerError(f"{flag} {path}: it holds no model weights (state dict)")
+    why = misfit(weights, model_shapes(model_config), missing_ok)
+    if why is None:
+        return
+    fields = ModelConfig.flags()
+    try:
+        saved = ModelConfig.from_dict(state.get("model_config"))
+        differ = [f.name for f in fields if getattr(saved, f.name) != getattr(model_config, f.name)]
+        shapes = model_shapes(replace(saved, refine=model_config.refine))
+        saved_fits = misfit(weights, shapes, missing_ok) is None
+    except (ValueError, TypeError):
+        differ, saved_fits = [], False
+    if differ and saved_fits:
+        flags = " ".join(f"--{k.replace('_', '-')} {saved.flag_value(k)}" for k in differ)
+        advice = f"it was trained with {flags} (its model_config): pass {flags}"
+    else:
+        flags = fitting_flags(weights, model_config, missing_ok)
+        if not flags:
+            advice = "no single model flag makes them fit; check that the file is this project's"
+        elif flag == "--resume":  # its model_config is this command's: the file lies
+            advice = (
+                f"its weights fit this model with {flags}, not the model_config stored with "
+                f"them (the file was changed after training wrote it): start from it with "
+                f"--init and {flags}, under another --run-name"
+            )
+        else:
+            advice = f"its weights fit this model with {flags}: pass {flags}"
+    raise TrainerError(f"{flag} {path}: its weights do not fit this model ({why}); {advice}")
 
 
 def open_start(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from models.py_encoder_decoder import ENCODERS, ModelConfig
 from models.stages import STAGES
-from utils.cli import OneLineParser, int_list, number, scale_arg
+from utils.cli import OneLineParser, int_list, number, port_arg, scale_arg
 
 
 class TrainerError(RuntimeError):
@@ -267,7 +267,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads")
     g = p.add_argument_group("visualisation")
     g.add_argument("--visdom-server", default="http://localhost")
-    g.add_argument("--visdom-port", type=number(int, 1), default=8097)
+    g.add_argument("--visdom-port", type=port_arg, default=8097)
     g.add_argument("--no-visdom", action="store_true", help="write plots to the run folder only")
     for action in p._actions:  # a preset-set flag's help shows what each preset sets
         values = [f"{v[action.dest]} ({k})" for k, v in PRESETS.items() if action.dest in v]

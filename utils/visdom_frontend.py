@@ -464,8 +464,11 @@ def running_server(
 
 
 # --- command line ----------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    from utils.cli import OneLineParser, output, port_arg
+
+    folder = output("dir", Path)
+    ap = OneLineParser(
         prog="python -m utils.visdom_frontend",
         description="Install visdom's front-end for offline use and start the server.",
     )
@@ -475,17 +478,21 @@ def main(argv: list[str] | None = None) -> int:
         ("fetch", "only download the pinned npm tarballs into the cache"),
     ]:
         p = sub.add_parser(name, help=text)
-        p.add_argument("--cache", type=Path, default=None, help="tarball folder")
+        p.add_argument("--cache", type=folder, default=None, help="tarball folder")
         if name == "install":
-            p.add_argument("--static-dir", type=Path, default=None, help="default: visdom's")
+            p.add_argument("--static-dir", type=folder, default=None, help="default: visdom's")
             p.add_argument("--force", action="store_true", help="reinstall even if complete")
             p.add_argument("--offline", action="store_true", help="use --cache only, no npm")
     sub.add_parser("status", help="list missing front-end files (exit 1 if any)")
     p = sub.add_parser("serve", help="start the visdom server offline (loopback only)")
-    p.add_argument("--port", type=int, default=8097)
-    p.add_argument("--env-path", type=Path, default=Path("runs/visdom"), help="saved envs")
+    p.add_argument("--port", type=port_arg, default=8097)
+    p.add_argument("--env-path", type=folder, default=Path("runs/visdom"), help="saved envs")
     p.add_argument("--public", action="store_true", help="listen on all interfaces")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     try:
