@@ -6,8 +6,8 @@ photographs (``--split real``: an alphamatting.com folder, ``--real``, once per 
 only report what the chosen settings do there::
 
     python -m benchmarks.bench_adapt --ckpt runs/NAME --split val --steps 0,10,25,50 \\
-        --lrs 1e-5,3e-5,1e-4 --json benchmarks/results/adapt-val.json
-    python -m benchmarks.bench_adapt --ckpt runs/NAME --split real --steps 0,25 --lrs 3e-5 \\
+        --lrs 1e-4,3e-4 --json benchmarks/results/adapt-val.json
+    python -m benchmarks.bench_adapt --ckpt runs/NAME --split real --steps 0,30 --lrs 3e-4 \\
         --json benchmarks/results/adapt-real.json
 
 Every setting mattes every image with a fresh copy adapted to that image alone (its image and
@@ -20,6 +20,7 @@ the 8-bit prediction, unknown pixels, / 1000); seconds per image include the ada
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ import numpy as np
 from benchmarks import common
 from utils import adapt
 from utils.checkpoint import load_model_for_inference
-from utils.cli import OneLineParser, number
+from utils.cli import OneLineParser, declare, device_arg, existing, name_list, number, output
 from utils.evaluation import load_examples, model_predictor, score
 
 REAL_DEFAULT = common.ROOT.parent / "shared" / "data" / "alphamatting_lowres_dev"
@@ -53,6 +54,7 @@ def lscpu_model() -> str:
     return common.cpu_model()
 
 
+@declare("float-list", "x", "0", "1e-4,-1", "nan")
 def float_list(text: str) -> tuple[float, ...]:
     """argparse type: comma-separated positive numbers, e.g. ``1e-5,3e-5``."""
     try:
@@ -61,11 +63,12 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, got {text!r}"
         ) from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"every value must be > 0, got {text!r}")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be a finite number > 0, got {text!r}")
     return values
 
 
+@declare("step-list", "x", "0,-1", "1.5")
 def step_list(text: str) -> tuple[int, ...]:
     """argparse type: comma-separated step counts >= 0, e.g. ``0,10,25,50``."""
     try:
@@ -101,23 +104,29 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--ckpt", required=True, help="a .pt file or a run folder (runs/NAME)")
+    p.add_argument(
+        "--ckpt", type=existing("any"), required=True, help="a .pt file or a run folder (runs/NAME)"
+    )
     p.add_argument("--split", choices=("val", "real"), default="val")
-    p.add_argument("--real", type=Path, default=REAL_DEFAULT, help="alphamatting.com folder")
+    p.add_argument(
+        "--real", type=existing("dir", convert=Path), default=REAL_DEFAULT,
+        help="alphamatting.com folder",
+    )  # fmt: skip
     p.add_argument("--steps", type=step_list, default=(0, 10, 25, 50), help="e.g. 0,10,25,50")
     p.add_argument("--lrs", type=float_list, default=(adapt.DEFAULT_LR,), help="e.g. 1e-5,3e-5")
     p.add_argument("--batch", type=number(int, 1), default=adapt.DEFAULT_BATCH_SIZE)
     p.add_argument(
         "--trains",
+        type=name_list(("encoder", "decoder", "refine_head")),
         default=None,
         help="comma-separated parts that learn (encoder,decoder,refine_head); default: the "
         "checkpoint stage's own",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=number(int, 0), default=0)
     p.add_argument("--limit", type=number(int, 1), default=None, help="first N images per set")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--json", type=output("file", Path), help="write the results here")
     args = p.parse_args(argv)
 
     import torch
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict[str, Any] = adapt.settings_from_checkpoint(state)
     settings.update(batch_size=args.batch, seed=args.seed)
     if args.trains:
-        settings["trains"] = tuple(t for t in args.trains.split(",") if t)
+        settings["trains"] = tuple(args.trains)
     sets = test_sets(args.split, args.real, args.limit)
     record: dict[str, Any] = {
         "benchmark": "adapt",

@@ -23,7 +23,9 @@ Baselines do not depend on the recipe: they are computed once per test set and k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -39,9 +41,12 @@ import numpy as np
 from benchmarks import common
 from utils.baselines import closed_form, trimap_only
 from utils.checkpoint import load_model_for_inference
+from utils.cli import OneLineParser, declare, existing, name_list, number, output
 from utils.evaluation import evaluate_model, load_examples, score
+from utils.train_args import build_parser
 
 ROOT = common.ROOT
+PHOTOS = tuple(f"GT{i:02d}" for i in range(1, 28))  # alphamatting.com's training photographs
 TRAIN = [sys.executable, str(ROOT / "train_encoder_decoder.py")]
 
 # What each recipe runs. "main" is the README's main job (the CPU preset, nothing else);
@@ -64,6 +69,14 @@ RECIPES: dict[str, list[list[str]]] = {
 REAL_VAL_EVERY = {"main": 0, "long": 10}
 TRIMAP_SETS = ("Trimap1", "Trimap2")
 METRICS = ("sad", "mse", "grad", "conn")
+
+
+@declare("folder-name", "../x", "a/b", "")
+def folder_name(text: str) -> str:
+    """argparse type of ``--run-name``: one folder name (the trainer's rule)."""
+    if not text or text in (".", "..") or any(c in text for c in "/\\"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one folder name (no '/', no '..')")
+    return text
 
 
 def testsets(real: Path | None) -> list[tuple[str, Any]]:
@@ -234,44 +247,61 @@ def panels(checkpoints: dict[str, Path], examples, names: list[str], height: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", choices=sorted(RECIPES), required=True)
-    p.add_argument("--run-name", default=None, help="default: recipe-<recipe>")
-    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
-    p.add_argument("--real", type=Path, default=None, help="alphamatting.com folder (evaluation)")
+    p.add_argument("--run-name", type=folder_name, default=None, help="default: recipe-<recipe>")
+    p.add_argument("--runs-dir", type=output("dir", Path), default=ROOT / "runs")
+    p.add_argument(
+        "--real", type=existing("dir", convert=Path), help="alphamatting.com folder (evaluation)"
+    )
     p.add_argument("--score-only", action="store_true", help="score existing checkpoints")
     p.add_argument(
         "--from-stage",
-        type=int,
+        type=number(int, 1, high=max(len(r) for r in RECIPES.values())),
         default=1,
         help="train from this stage on (earlier stages' checkpoints exist; their times are "
         "kept from --json)",
     )
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--json", type=output("file", Path), help="write the results here")
     p.add_argument(
         "--baselines",
-        type=Path,
+        type=output("file", Path),
         default=ROOT / "benchmarks" / "results" / "baselines.json",
         help="cache of the baseline scores",
     )
-    p.add_argument("--curves", type=Path, default=None, help="write the curves here (PNG)")
+    p.add_argument("--curves", type=output("file", Path), help="write the curves here (PNG)")
     p.add_argument(
         "--teaser",
-        type=Path,
-        default=None,
+        type=output("file", Path),
         help="write image | trimap | alpha | composite of the last stage on a real photo (PNG)",
     )
-    p.add_argument("--teaser-image", default="GT04", help="which real photograph")
+    p.add_argument("--teaser-image", choices=PHOTOS, default="GT04", help="which real photograph")
     p.add_argument(
         "--panels",
-        type=Path,
-        default=None,
+        type=output("file", Path),
         help="write image | trimap | ground truth | each stage's alpha for --panel-images of the "
         "real photographs (Trimap2) (PNG)",
     )
-    p.add_argument("--panel-images", default="GT02,GT04,GT13,GT16", help="comma-separated names")
-    p.add_argument("extra", nargs="*", help="more trainer flags for every stage (after --)")
+    p.add_argument(
+        "--panel-images",
+        type=name_list(PHOTOS),
+        default="GT02,GT04,GT13,GT16",
+        help="comma-separated names",
+    )
+    p.add_argument(
+        "extra",
+        nargs="*",
+        help="more trainer flags for every stage (after --)",
+    )
     a = p.parse_args(argv)
+    if a.extra:  # the trainer's own parser checks them now, not after a stage has run
+        problem = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(problem):
+                build_parser().parse_args(["--stage", "1", *a.extra])
+        except SystemExit:
+            why = problem.getvalue().strip().split("error: ", 1)[-1].removesuffix(" (see --help)")
+            p.error(f"trainer flags {' '.join(a.extra)!r}: {why}")
     run_name = a.run_name or f"recipe-{a.recipe}"
     if a.score_only:  # keep the training times measured when the recipe ran
         old = json.loads(a.json.read_text()) if a.json and a.json.is_file() else {}
@@ -333,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             for x in RECIPES[a.recipe]
         }
         real = dict(sets)["real Trimap2"]
-        write_png(a.panels, panels(ckpts, real, a.panel_images.split(",")))
+        write_png(a.panels, panels(ckpts, real, a.panel_images))
     if a.json:
         common.write_json(a.json, result)
         a.json.with_suffix(".md").write_text(md + "\n")

@@ -66,6 +66,7 @@ import cv2
 import numpy as np
 
 from data.compose import band_kernel, composite, fit_background, morph_trimap
+from utils.cli import OneLineParser, declare, existing, number, output
 from utils.image_io import IMAGE_EXTS
 
 VERSION = 3
@@ -1239,40 +1240,55 @@ _SIZE_HELP = {
 }
 
 
+@declare("pair", "-5,-1", "0,10", "x")
 def _pair(s: str) -> tuple[int, int]:
     try:
         a, b = (int(v) for v in s.lower().replace("x", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected two integers like 400,512 or 480x360, got {s!r}"
+            f"expected two positive integers like 400,512 or 480x360, got {s!r}"
         ) from None
+    if a < 1 or b < 1:
+        raise argparse.ArgumentTypeError(f"expected two positive integers, got {s!r}")
     return a, b
+
+
+@declare("photo-dir", "<missing>")
+def _photo_dir(s: str) -> str:
+    if s not in ("auto", "none") and not Path(s).is_dir():
+        raise argparse.ArgumentTypeError(f"{s!r} is not a folder (nor 'auto' or 'none')")
+    return s
 
 
 def main(argv: list[str] | None = None) -> Path:
     """CLI: generate (or find) the set and print where it is."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="Generate the built-in synthetic matting set (Adobe-style folder).",
         epilog="Without --out the set goes to the cache folder that ensure_synthetic() uses.",
     )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: the cache)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", type=output("dir", Path), help="output folder (default: the cache)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="regenerate even if already complete")
-    p.add_argument("--bg-dir", type=Path, default=None, help="use your own photos as backgrounds")
+    p.add_argument(
+        "--bg-dir", type=existing("dir", convert=Path), help="use your own photos as backgrounds"
+    )
     p.add_argument(
         "--photo-dir",
+        type=_photo_dir,
         default="auto",
         help="photographs mixed into training backgrounds and textures: a folder, 'auto' "
         "(the ones scikit-image ships, when installed) or 'none'",
     )
-    p.add_argument("--workers", type=int, default=None, help="processes (default min(2, cores))")
+    p.add_argument(
+        "--workers", type=number(int, 1), default=None, help="processes (default min(2, cores))"
+    )
     defaults = Sizes()
     for f in fields(Sizes):
         v = getattr(defaults, f.name)
         pair = isinstance(v, tuple)
         p.add_argument(
             "--" + f.name.replace("_", "-"),
-            type=_pair if pair else int,
+            type=_pair if pair else number(int, 0),
             default=v,
             metavar="A,B" if pair else "N",
             help=f"{_SIZE_HELP[f.name]} (default {f'{v[0]},{v[1]}' if pair else v})",

@@ -24,7 +24,7 @@ statistics gathered over the whole training set. The model passed in is never mo
 copy is a ``deepcopy``); ``steps == 0`` returns it as it is. Deterministic for a given ``seed``.
 
 Cost: ``steps`` forward + backward passes of ``batch_size`` crops of ``crop_size`` px (on a
-2-core CPU about 0.5 s per 128 px crop), plus a copy of the weights and Adam's two moments.
+2-core CPU 30 steps of 2 crops take about 8 s), plus a copy of the weights and Adam's two moments.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CROP_SIZE = 128  # when the checkpoint does not say (the CPU preset's crop)
 DEFAULT_BATCH_SIZE = 2
-DEFAULT_LR = 3e-5  # a tenth of the CPU preset's training rate: small steps around the weights
+DEFAULT_LR = 3e-4  # chosen on the synthetic validation split (docs/cpu_recipes.md), with
+# RECOMMENDED_STEPS; 1e-4 gained less in the same steps
+RECOMMENDED_STEPS = 30  # about 10 s a photograph on a 2-core CPU (--adapt's help says it)
 POOL_SIZE = 8  # distinct procedural alphas per call; turns and mirrors make 8x as many
 K_RANGE = (1, 30)  # the training trimaps' erosion/dilation kernel sizes (data/py_adobe_data.py)
 
