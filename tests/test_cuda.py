@@ -156,8 +156,8 @@ def test_mixed_precision_steps_train_and_the_scaler_resumes(tiny_root, tmp_path,
 # 1e-3 compiled, the same relative error in every layer below the last BatchNorm).
 # The weights after the step are not compared: Adam's first update is lr * g / |g| per weight,
 # so a gradient at the rounding level can flip its update's sign.
-FORMAT_TOLERANCE = {  # device: (forward, gradients)
-    "cpu": (1e-4, 2e-2),
+FORMAT_TOLERANCE = {  # device: (forward, gradients); max-pool ties: see the test
+    "cpu": (1e-4, 5e-2),
     "cuda": (1e-3, 5e-2),
 }
 FORMAT_CASES = [
@@ -201,7 +201,11 @@ def test_channels_last_and_compile_agree_with_the_eager_step(tiny_root, tmp_path
             results[name] = (losses["total"].item(), raw.detach().float().cpu(), grads)
     (loss, alpha, grads), (v_loss, v_alpha, v_grads) = results["eager"], results[variant]
     assert v_loss == pytest.approx(loss, rel=tol)
-    assert (v_alpha - alpha).abs().max().item() <= tol
+    # Mean, not max: a 2x2 max-pool over equal values (ReLU zeros) may keep another of them in
+    # a compiled kernel, and unpooling then puts that feature one pixel away - a local, legal
+    # difference of a few hundredths in a handful of pixels; a wrong layer moves every pixel.
+    diff = (v_alpha - alpha).abs()
+    assert diff.mean().item() <= tol and diff.max().item() <= 0.1, (diff.mean(), diff.max())
     assert relative_difference(grads, v_grads) <= grad_tol
     assert any(g.abs().max() > 0 for g in grads), "no gradient to compare"
 

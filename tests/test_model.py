@@ -137,6 +137,7 @@ def test_config_round_trip():
         "skip": "add",
         "refine": False,
         "refine_add": "logit",
+        "coarse_scale": 1.0,
     }
     rebuilt = build_model(model.config.to_dict())
     rebuilt.load_state_dict(model.state_dict())  # same architecture: strict load works
