@@ -20,8 +20,6 @@ the 8-bit prediction, unknown pixels, / 1000); seconds per image include the ada
 from __future__ import annotations
 
 import argparse
-import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,51 +33,15 @@ import numpy as np
 from benchmarks import common
 from utils import adapt
 from utils.checkpoint import load_model_for_inference
-from utils.cli import OneLineParser, declare, device_arg, existing, name_list, number, output
+from utils.cli import OneLineParser, device_arg, existing, name_list, number, number_list, output
 from utils.evaluation import load_examples, model_predictor, score
 
 REAL_DEFAULT = common.ROOT.parent / "shared" / "data" / "alphamatting_lowres_dev"
 TRIMAP_SETS = ("Trimap1", "Trimap2")
 
 
-def lscpu_model() -> str:
-    """``lscpu``'s "Model name" (what the timings ran on), else /proc/cpuinfo's."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    for line in out.splitlines():
-        if line.strip().lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return common.cpu_model()
-
-
-@declare("float-list", "x", "0", "1e-4,-1", "nan")
-def float_list(text: str) -> tuple[float, ...]:
-    """argparse type: comma-separated positive numbers, e.g. ``1e-5,3e-5``."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be a finite number > 0, got {text!r}")
-    return values
-
-
-@declare("step-list", "x", "0,-1", "1.5")
-def step_list(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated step counts >= 0, e.g. ``0,10,25,50``."""
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if min(values) < 0:
-        raise argparse.ArgumentTypeError(f"every value must be >= 0, got {text!r}")
-    return values
+float_list = number_list(float, 0, strict=True, name="float-list", bad=("x", "0", "1e-4,-1", "nan"))
+step_list = number_list(int, 0, name="step-list", bad=("x", "0,-1", "1.5"))
 
 
 def test_sets(split: str, real: Path, limit: int | None) -> list[tuple[str, Any]]:
@@ -149,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         "infer_scale": model.infer_scale,
         "split": args.split,
         "settings": {**settings, "device": str(device)},
-        "lscpu_model": lscpu_model(),
         "machine": common.machine_info(),
         "results": [],
     }
@@ -196,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 common.write_json(args.json, record)
     head = ["set", "steps", "lr", "images", "SAD", "vs 0 steps", "improved", "s/image"]
     print(common.markdown_table(head, rows))
-    print(f"SAD: sum over the unknown pixels / 1000, mean over the images; {record['lscpu_model']}")
+    cpu = record["machine"]["cpu_model"]
+    print(f"SAD: sum over the unknown pixels / 1000, mean over the images; {cpu}")
     if args.json:
         print(f"results: {args.json}")
     return 0

@@ -83,18 +83,40 @@ def number(kind: type, low: float, *, strict: bool = False, high: float | None =
 port_arg = number(int, 1, high=65535)  # argparse type: a TCP port
 
 
-@declare("int-list")
-def int_list(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated positive integers, e.g. ``64,96,128``."""
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"every value must be >= 1, got {text!r}")
-    return values
+def number_list(
+    kind: type,
+    low: float,
+    *,
+    strict: bool = False,
+    name: str | None = None,
+    bad: tuple[str, ...] = (),
+) -> Callable:
+    """argparse type: comma-separated numbers of ``kind``, each finite and ``>= low``
+    (``> low`` when ``strict``); a tuple. ``name``/``bad``: the declared kind and the values
+    it refuses, for the flag test (default: "<kind>-list")."""
+    word = "integers" if kind is int else "numbers"
+    allowed = f"{'>' if strict else '>='} {low}"
+
+    @declare(name or f"{kind.__name__}-list", *bad)
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {word}, got {text!r}"
+            ) from None
+        if not values or not all(
+            math.isfinite(v) and (v > low if strict else v >= low) for v in values
+        ):
+            raise argparse.ArgumentTypeError(
+                f"every value must be finite and {allowed}, got {text!r}"
+            )
+        return values
+
+    return parse
+
+
+int_list = number_list(int, 1)  # e.g. --cut-sizes 64,96,128
 
 
 @declare("scale")
