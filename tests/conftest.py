@@ -56,3 +56,15 @@ def alphamatting_dev() -> Path:
 
         unavailable(f"alphamatting.com data not found at {ALPHAMATTING_DEV}")
     return ALPHAMATTING_DEV
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """A tiny built-in set (tests/helpers.TINY_SYNTHETIC) per test module, for trainer runs."""
+    from tests.helpers import TINY_SYNTHETIC
+
+    from data.synthetic import ensure_synthetic
+
+    return ensure_synthetic(
+        tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY_SYNTHETIC
+    )

@@ -16,9 +16,7 @@ import pytest
 import torch
 
 import train_encoder_decoder as tr
-from data.synthetic import ensure_synthetic
 from tests.faults import FAULT_ENV, fault_callbacks
-from tests.helpers import TINY_SYNTHETIC
 from utils import runlock
 from utils.checkpoint import load_checkpoint
 from utils.visdom_frontend import free_port
@@ -27,13 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY = ROOT / "tests" / "torchrun_entry.py"
 # 2 epochs of 3 iterations: interrupts mid-epoch and across an epoch end (validation) alike.
 SHORT = ["--epochs", "2", "--iters-per-epoch", "3", "--val-limit", "1"]
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    return ensure_synthetic(
-        tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY_SYNTHETIC
-    )
 
 
 def argv(root: Path, runs: Path, *extra: str) -> list[str]:

@@ -27,9 +27,8 @@ import torch
 
 import train_encoder_decoder as tr
 from benchmarks.common import PeakMemory
-from data.synthetic import ensure_synthetic
 from models.py_encoder_decoder import DIM
-from tests.helpers import TINY_SYNTHETIC, random_checkpoint
+from tests.helpers import random_checkpoint
 from utils.checkpoint import load_checkpoint, load_model_for_inference
 from utils.inference import exact_overlap, predict_alpha
 
@@ -37,13 +36,6 @@ CPU = pytest.param("cpu", id="cpu")
 CUDA = pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)
 DEVICES = [CPU, CUDA]
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    return ensure_synthetic(
-        tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY_SYNTHETIC
-    )
 
 
 def make_trainer(root: Path, runs: Path, device: str, stage: int = 1, *extra: str) -> tr.Trainer:

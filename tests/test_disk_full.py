@@ -15,8 +15,6 @@ import pytest
 import torch
 
 import train_encoder_decoder as tr
-from data.synthetic import ensure_synthetic
-from tests.helpers import TINY_SYNTHETIC
 from utils import checkpoint as ck
 from utils.checkpoint import CheckpointWriteError, save_checkpoint
 
@@ -117,13 +115,6 @@ def test_export_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 # --- the trainer -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    return ensure_synthetic(
-        tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY_SYNTHETIC
-    )
-
-
 def argv(root: Path, runs: Path, *extra: str) -> list[str]:
     return [
         "--stage", "1", "--data-root", str(root), "--runs-dir", str(runs),

@@ -18,21 +18,12 @@ import torch.multiprocessing as mp
 
 import train_encoder_decoder as tr
 from data.loader import batches
-from data.synthetic import ensure_synthetic
 from models.stages import STAGES, Stage
 from tests.faults import fault_callbacks
-from tests.helpers import TINY_SYNTHETIC
 from utils.checkpoint import load_checkpoint
 from utils.train_args import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    return ensure_synthetic(
-        tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY_SYNTHETIC
-    )
 
 
 def argv(root: Path, runs: Path, stage: int, *extra: str) -> list[str]:
