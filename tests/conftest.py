@@ -61,9 +61,8 @@ def alphamatting_dev() -> Path:
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
     """A tiny built-in set (tests/helpers.TINY_SYNTHETIC) per test module, for trainer runs."""
-    from tests.helpers import TINY_SYNTHETIC
-
     from data.synthetic import ensure_synthetic
+    from tests.helpers import TINY_SYNTHETIC
 
     return ensure_synthetic(
         tmp_path_factory.mktemp("syn") / "set", seed=0, progress=False, **TINY_SYNTHETIC
