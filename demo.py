@@ -17,9 +17,18 @@ for that many steps on composites of the photo's own known colours before it mat
 (utils/adapt.py); the loaded model itself never changes.
 
 Large photos: the painting canvas shows a copy whose long side is at most ``--preview-side``;
-strokes are scaled up to the photo, which is matted at full resolution through the shared
-inference code (tiled above ``--max-side``, so memory stays bounded). Files above
-``--max-pixels`` are refused from their header before decoding.
+the trimap is built on it from the strokes and scaled up to the photo, which is matted at full
+resolution (closed-form and foreground colours on windows around the unknown band, the network
+in windows of at most ``--max-side`` px: memory grows with the photo by a few bytes per pixel).
+
+Limits (what one user may cost the server): one Matte or photo upload runs at a time (others
+queue, at most ``--queue-size``; beyond that a request is told to retry); photos above the
+pixel limit are refused from their header before decoding, the limit being derived from
+``--memory-budget`` and the measured bytes per pixel unless ``--max-pixels`` is given; uploads
+above ``--max-upload-mb`` are refused; each session's photo and downloads are files in its own
+folder, removed when the tab closes or after ``--session-minutes`` idle, and at most
+``--max-sessions`` exist at once. A checkpoint can be uploaded on the page only with
+``--allow-checkpoint-upload``, and then mattes that session's photos only.
 
 Works offline: Gradio's usage analytics are switched off before it is imported, the theme's
 fonts are served by Gradio itself, and no share link is ever requested (the browser test checks
@@ -29,11 +38,16 @@ that the page makes no request outside this machine).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import logging
 import os
+import shutil
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -51,6 +65,7 @@ from utils.image_io import MAX_PIXELS, ImageReadError, check_pixels, read_rgb, w
 
 log = logging.getLogger("demo")
 MAX_ADAPT_STEPS = 200  # per Matte press: one user cannot hold the server for long
+BAND_RANGE = (0.2, 5.0)  # the band slider's range, % of the photo's diagonal
 
 # Brush colours (RGB) and what each stroke means; the page's palette is exactly these.
 BRUSHES = {
@@ -99,22 +114,31 @@ def trimap_from_editor(
     layers: list[np.ndarray], preview_shape: tuple[int, int], shape: tuple[int, int], band: str
 ) -> np.ndarray:
     """Strokes painted on the preview -> a full-resolution trimap with a ``band`` unknown band
-    ("12" pixels or "1%" of the photo's diagonal). Raises :class:`DemoError` saying what to
-    paint when the trimap could not be matted."""
+    ("12" pixels of the photo or "1%" of its diagonal). Raises :class:`DemoError` saying what
+    to paint when the trimap could not be matted.
+
+    The trimap is built at the preview's size, where the strokes were painted (they hold no
+    finer detail), and scaled to the photo (nearest neighbour): cheap for any photo size."""
     masks = stroke_masks(layers, preview_shape)
-    masks = {k: upscale_mask(v, shape) for k, v in masks.items()}
     if not (masks["object"].any() or masks["foreground"].any()):
         raise DemoError(
             "nothing painted: paint over the object with the red 'object' brush (an outline "
             "is enough), then press Matte"
         )
+    try:
+        width = compose.band_pixels(band, shape)
+    except ValueError:
+        raise DemoError(f"band width {band!r} is not a number of pixels or a percentage") from None
+    scale = max(preview_shape) / max(shape)
     trimap = compose.trimap_from_strokes(
         masks["object"],
-        compose.band_pixels(band, shape),
+        max(1, round(width * scale)),
         foreground=masks["foreground"],
         background=masks["background"],
         unknown=masks["unknown"],
     )
+    if trimap.shape != shape:
+        trimap = cv2.resize(trimap, shape[::-1], interpolation=cv2.INTER_NEAREST)
     check_trimap(trimap)
     return trimap
 
@@ -180,70 +204,157 @@ def solid_background(colour: str, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+# --- memory -----------------------------------------------------------------------------------
+# Measured with `python -m benchmarks.bench_page --scenarios sizes --sizes 2,12` (peak RSS of a
+# real server on loopback, 2-core Xeon; docs/reliability.md): one Matte raises the server's
+# peak by a fixed work area (the largest window it solves) plus so many bytes per photo pixel
+# (photo, trimap, alpha, cut-out, composite, PNG encoding at full resolution; for the network
+# also its scaled input and the allocator's growth over many windows). Measured: closed-form
+# 0.42 GiB + 17 B/px, network 0.72 GiB + 112 B/px; the constants keep a margin above them.
+BYTES_PER_PIXEL = {"closed-form": 24, "network": 120}
+WORK_BYTES = {"closed-form": 0.5 * 2**30, "network": 0.8 * 2**30}  # network at PAGE_MAX_SIDE
+PAGE_MAX_SIDE = 1024  # network windows on the page; the CLIs' 1600 px windows need ~4 GB on CPU
+SERVER_BYTES = 0.3 * 2**30  # Gradio's own growth while serving (threads, queues, caches)
+MODEL_BYTES = 0.25 * 2**30  # one uploaded checkpoint's model in memory (default architecture)
+MAX_UPLOADED_MODELS = 2  # sessions that may hold a model of their own at once
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where it cannot be read)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def pixel_limit(budget: float, resident: float, cost: str) -> int:
+    """The most photo pixels one Matte may have so that the server's peak stays under
+    ``budget`` bytes, given what is ``resident`` already and the ``cost`` of its method
+    ("closed-form" or "network", keys of :data:`BYTES_PER_PIXEL`)."""
+    room = budget - resident - SERVER_BYTES - WORK_BYTES[cost]
+    return int(max(0.0, room) // BYTES_PER_PIXEL[cost])
+
+
 # --- the app ---------------------------------------------------------------------------------
+@dataclass
+class Method:
+    """What mattes: a DIM model (None: closed-form matting), its label on the page and the
+    test-time adaptation settings its checkpoint implies."""
+
+    model: object = None
+    label: str = "closed-form matting (Levin et al. 2008, pymatting)"
+    adapt_settings: dict = field(default_factory=dict)
+
+
+def method_from_checkpoint(path, device="cpu") -> Method:
+    """The :class:`Method` of the DIM checkpoint at ``path``; :class:`DemoError` if it is not
+    one of this project's (its stored settings are checked as it loads)."""
+    from utils.adapt import settings_from_checkpoint
+    from utils.checkpoint import CheckpointError, load_model_for_inference
+
+    try:
+        model, state, ckpt = load_model_for_inference(path, device)
+    except CheckpointError as e:
+        raise DemoError(f"{Path(path).name}: {str(e).split(': ', 1)[-1]}") from e
+    label = f"Deep Image Matting, {Path(ckpt).name} (stage {state.get('stage')})"
+    return Method(model, label, settings_from_checkpoint(state))
+
+
+def check_band(band) -> str:
+    """The band slider's value as :func:`data.compose.band_pixels` takes it ("1.5%");
+    :class:`DemoError` unless it is a number in :data:`BAND_RANGE`."""
+    try:
+        value = float(band)
+    except (TypeError, ValueError):
+        value = float("nan")
+    lo, hi = BAND_RANGE
+    if not lo <= value <= hi:  # also NaN
+        raise DemoError(
+            f"band width must be a number from {lo} to {hi} (% of the diagonal), got {band!r}"
+        )
+    return f"{value}%"
+
+
 class Matter:
     """What the page's buttons call: reading photos, building trimaps, matting. No Gradio in
     here, so it is tested directly; the page turns :class:`DemoError` into a message."""
 
     def __init__(self, model=None, label: str | None = None, preview_side: int = 1024, **kw):
-        self.model = model
-        self.label = label or "closed-form matting (Levin et al. 2008, pymatting)"
+        self.method = Method(model, label) if label else Method(model)
+        self.method.adapt_settings = kw.pop("adapt_settings", {})
         self.preview_side = preview_side
         self.max_pixels = kw.pop("max_pixels", MAX_PIXELS)
+        self.cost = "closed-form" if model is None else "network"  # memory, see pixel_limit
         self.adapt_steps = kw.pop("adapt", 0)  # the page's default; each Matte press may change it
-        self.adapt_settings = kw.pop("adapt_settings", {})  # utils.adapt.settings_from_checkpoint
         self.inference = kw  # device, amp, tile, overlap, max_side, scale, tta
         self.out_dir = Path(tempfile.mkdtemp(prefix="dim-demo-"))
 
-    def read_photo(self, path: str | None) -> np.ndarray:
+    @property
+    def label(self) -> str:
+        return self.method.label
+
+    @property
+    def model(self):
+        return self.method.model
+
+    def read_photo(self, path: str | os.PathLike | None) -> np.ndarray:
+        """Decode a photo the page was given; refused from its header when it has more than
+        ``max_pixels`` pixels or a format whose size cannot be read without decoding it."""
         if not path:
             raise DemoError("no photo: upload one first")
+        need = f"about {self.need_gib(path):.1f} GiB on this page"
         try:
-            check_pixels(path, self.max_pixels, flag="--max-pixels (of demo.py)")
+            check_pixels(path, self.max_pixels, "--max-pixels (of demo.py)", True, need)
             return read_rgb(path)
         except ImageReadError as e:
             raise DemoError(f"{Path(path).name}: {str(e).split(': ', 1)[-1]}") from e
 
-    def use_checkpoint(self, path: str, device="cpu") -> str:
-        """Switch to the DIM checkpoint at ``path``; :class:`DemoError` if it is not one."""
-        from utils.checkpoint import CheckpointError, load_model_for_inference
+    def need_gib(self, path) -> float:
+        """Memory one Matte of the photo at ``path`` adds (GiB), from its header; 0 if unknown."""
+        from utils.image_io import image_size
 
         try:
-            model, state, ckpt = load_model_for_inference(path, device)
-        except CheckpointError as e:
-            raise DemoError(f"{Path(path).name}: {str(e).split(': ', 1)[-1]}") from e
-        from utils.adapt import settings_from_checkpoint
+            h, w = image_size(path, decode_unknown=False)
+        except ImageReadError:
+            return 0.0
+        return (h * w * BYTES_PER_PIXEL[self.cost] + WORK_BYTES[self.cost]) / 2**30
 
-        self.model = model
-        self.label = f"Deep Image Matting, {Path(ckpt).name} (stage {state.get('stage')})"
-        self.adapt_settings = settings_from_checkpoint(state)
+    def use_checkpoint(self, path: str, device="cpu") -> str:
+        """Make the DIM checkpoint at ``path`` this page's method; :class:`DemoError` if it
+        is not one."""
+        self.method = method_from_checkpoint(path, device)
+        self.cost = "network"
         return self.label
 
-    def adapted(self, image: np.ndarray, trimap: np.ndarray, steps) -> tuple[object, str]:
+    def adapted(
+        self, image: np.ndarray, trimap: np.ndarray, steps, method: Method | None = None
+    ) -> tuple[object, str]:
         """(the model to matte with, its label): with ``steps`` > 0 a copy fine-tuned on this
         photo (utils/adapt.py); :class:`DemoError` for a bad count or closed-form matting."""
+        method = method or self.method
         try:
             steps = int(steps or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DemoError(f"adaptation steps must be a whole number, got {steps!r}") from None
         if not 0 <= steps <= MAX_ADAPT_STEPS:  # bounded: each step is a training step
             raise DemoError(f"adaptation steps must be 0 to {MAX_ADAPT_STEPS}, got {steps}")
         if steps == 0:
-            return self.model, self.label
-        if self.model is None:
+            return method.model, method.label
+        if method.model is None:
             raise DemoError(
                 "adaptation fine-tunes a DIM checkpoint: load one, or set the adaptation steps "
                 "to 0 for closed-form matting"
             )
         from utils.adapt import AdaptError, adapt
 
-        settings = dict(self.adapt_settings)
+        settings = dict(method.adapt_settings)
         settings.update(scale=self.inference.get("scale"))
         try:
-            model = adapt(self.model, image, trimap, steps, **settings)
+            model = adapt(method.model, image, trimap, steps, **settings)
         except AdaptError as e:
             raise DemoError(str(e)) from e
-        return model, f"{self.label}, adapted {steps} steps"
+        return model, f"{method.label}, adapted {steps} steps"
 
     def matte(
         self,
@@ -254,10 +365,14 @@ class Matter:
         background: np.ndarray | None = None,
         colour: str = "#00b140",
         adapt: int | None = None,
+        method: Method | None = None,
+        out_dir: Path | None = None,
     ) -> dict:
         """Strokes -> trimap -> alpha, cut-out, composite at full resolution; the PNG files
-        written for download; ``method`` names what made the alpha. ``adapt``: test-time
-        adaptation steps (None: the page's default, ``--adapt``)."""
+        written for download into ``out_dir`` (default: the page's own folder), replacing the
+        previous Matte's; ``method`` names what made the alpha. ``adapt``: test-time
+        adaptation steps (None: the page's default, ``--adapt``); ``method``: None = the
+        page's."""
         from utils.matting import matte
 
         shape = image.shape[:2]
@@ -265,10 +380,12 @@ class Matter:
         if background is None:
             background = solid_background(colour, shape)
         t0 = time.perf_counter()
-        model, label = self.adapted(image, trimap, self.adapt_steps if adapt is None else adapt)
+        steps = self.adapt_steps if adapt is None else adapt
+        model, label = self.adapted(image, trimap, steps, method)
         result = matte(model, image, trimap, "ml", background, **self.inference)
         seconds = time.perf_counter() - t0
-        folder = Path(tempfile.mkdtemp(dir=self.out_dir))
+        folder = Path(out_dir or self.out_dir) / "matte"
+        shutil.rmtree(folder, ignore_errors=True)  # the previous Matte's downloads
         files = [
             write_png(folder / "alpha.png", result["alpha"]),
             write_png(folder / "cutout.png", result["rgba"]),
@@ -277,55 +394,189 @@ class Matter:
         return {**result, "trimap": trimap, "files": files, "method": label, "s": seconds}
 
 
-def build_app(matter: Matter):
-    """The Gradio page around ``matter``."""
+class Sessions:
+    """Each browser session's files in a folder of its own under ``root``: the photo as it was
+    uploaded and the latest Matte's downloads, so nothing full-resolution stays in memory
+    between requests. A session idle for ``ttl`` seconds is removed at the next request of any
+    session; at most ``limit`` exist at once (a new one beyond that is told to retry), and at
+    most :data:`MAX_UPLOADED_MODELS` hold a checkpoint of their own."""
+
+    def __init__(self, root: Path, limit: int = 64, ttl: float = 1800.0):
+        self.root, self.limit, self.ttl = Path(root), limit, ttl
+        self.lock = threading.Lock()
+        self.last_used: dict[str, float] = {}
+        self.methods: dict[str, Method] = {}
+
+    @staticmethod
+    def key(session_hash: str | None) -> str:
+        """A folder name for the client-chosen session id (never a path)."""
+        return hashlib.sha256(str(session_hash).encode()).hexdigest()[:32]
+
+    def folder(self, session_hash: str | None, create: bool = False) -> Path:
+        """The session's folder; ``create``: make it if new (:class:`DemoError` at the limit)."""
+        key = self.key(session_hash)
+        with self.lock:
+            self._expire()
+            if key not in self.last_used:
+                if not create:
+                    raise DemoError("no photo: upload one first (sessions expire when idle)")
+                if len(self.last_used) >= self.limit:
+                    raise DemoError(
+                        f"the page is serving {self.limit} sessions, its limit "
+                        "(--max-sessions); try again in a few minutes"
+                    )
+                (self.root / key).mkdir(parents=True, exist_ok=True)
+            self.last_used[key] = time.monotonic()
+            return self.root / key
+
+    def photo(self, session_hash: str | None) -> Path:
+        """The session's uploaded photo; :class:`DemoError` if it has none."""
+        found = sorted(self.folder(session_hash).glob("photo.*"))
+        if not found:
+            raise DemoError("no photo: upload one first")
+        return found[0]
+
+    def keep_photo(self, session_hash: str | None, path: str) -> Path:
+        """Copy an accepted upload into the session's folder (replacing its previous photo)."""
+        folder = self.folder(session_hash, create=True)
+        for old in folder.glob("photo.*"):
+            old.unlink()
+        suffix = "".join(c for c in Path(path).suffix.lower() if c.isalnum() or c == ".")[:8]
+        return Path(shutil.copyfile(path, folder / f"photo{suffix or '.img'}"))
+
+    def method(self, session_hash: str | None) -> Method | None:
+        with self.lock:
+            return self.methods.get(self.key(session_hash))
+
+    def set_method(self, session_hash: str | None, method: Method) -> None:
+        key = self.key(session_hash)
+        with self.lock:
+            if key not in self.methods and len(self.methods) >= MAX_UPLOADED_MODELS:
+                raise DemoError(
+                    f"{MAX_UPLOADED_MODELS} other sessions hold uploaded checkpoints, the most "
+                    "this page keeps in memory; try again later, or start the page with "
+                    "--checkpoint"
+                )
+            self.methods[key] = method
+
+    def close(self, session_hash: str | None) -> None:
+        with self.lock:
+            self._remove(self.key(session_hash))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key, used in list(self.last_used.items()):
+            if now - used > self.ttl:
+                self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        self.last_used.pop(key, None)
+        self.methods.pop(key, None)
+        shutil.rmtree(self.root / key, ignore_errors=True)
+
+
+def checked_editor(max_side: int, **kwargs):
+    """Gradio's image editor whose background and stroke layers are sized from their headers
+    and refused above ``max_side`` x ``max_side`` pixels before they are decoded (the page only
+    ever shows a preview of at most that size, so a larger one is not from the page)."""
+    import gradio as gr
+    import PIL.Image
+
+    editor = gr.ImageEditor(**kwargs)
+    convert = editor.convert_and_format_image  # what decodes each layer
+
+    def checked(file, flatten_on_white=False):
+        if file is not None:
+            try:
+                source = file.path if hasattr(file, "path") else io.BytesIO(file)
+                with PIL.Image.open(source) as im:
+                    w, h = im.size
+            except (OSError, ValueError, PIL.Image.DecompressionBombError):
+                raise gr.Error(
+                    "the painting canvas sent an unreadable image", print_exception=False
+                ) from None
+            if w * h > max_side * max_side:
+                raise gr.Error(
+                    f"the painting canvas sent a {w}x{h} image; the page's canvas is at most "
+                    f"{max_side}x{max_side} (--preview-side): upload the photo with the Photo box",
+                    print_exception=False,
+                )
+        return convert(file, flatten_on_white)
+
+    editor.convert_and_format_image = checked
+    return editor
+
+
+def build_app(matter: Matter, sessions: Sessions, allow_checkpoint_upload: bool = False):
+    """The Gradio page around ``matter``; each session's files and checkpoint in ``sessions``."""
     import gradio as gr
 
     def fail(e: Exception):
         return gr.Error(str(e), print_exception=False)
 
-    def load_photo(path):
+    def session(fn):
+        """Let Gradio pass the caller's ``request`` (it looks for the class in the annotations,
+        which this module keeps as strings)."""
+        fn.__annotations__["request"] = gr.Request
+        return fn
+
+    @session
+    def load_photo(path, request: gr.Request):
         try:
             image = matter.read_photo(path)
+            sessions.keep_photo(request.session_hash, path)
+            method = sessions.method(request.session_hash) or matter.method
         except DemoError as e:
             raise fail(e) from None
         preview = shrink(image, matter.preview_side)
         h, w = image.shape[:2]
+        del image  # the session keeps the file, not the pixels
         note = (
             f"Photo {w}x{h}"
             + (
                 f" (painting on a {preview.shape[1]}x{preview.shape[0]} preview)"
-                if preview is not image
+                if preview.shape[:2] != (h, w)
                 else ""
             )
-            + f". Method: **{matter.label}**. Paint the object with the red brush, then Matte."
+            + f". Method: **{method.label}**. Paint the object with the red brush, then Matte."
         )
-        return {"background": preview, "layers": [], "composite": None}, image, note
+        return {"background": preview, "layers": [], "composite": None}, note
 
-    def load_checkpoint(path):
+    @session
+    def load_checkpoint(path, request: gr.Request):
         if not path:
             return gr.update()
         try:
-            return f"Method: **{matter.use_checkpoint(path)}**"
+            sessions.folder(request.session_hash, create=True)
+            method = method_from_checkpoint(path, matter.inference.get("device") or "cpu")
+            sessions.set_method(request.session_hash, method)
         except DemoError as e:
             raise fail(e) from None
+        return f"Method (this session): **{method.label}**"
 
-    def run(editor, image, band, colour, bg_path, steps):
+    @session
+    def run(editor, band, colour, bg_path, steps, request: gr.Request):
         try:
-            if image is None or editor is None or editor.get("background") is None:
+            if editor is None or editor.get("background") is None:
                 raise DemoError("no photo: upload one first")
+            band = check_band(band)
+            photo = sessions.photo(request.session_hash)
             preview = editor["background"]
-            background = None
-            if bg_path:
-                background = matter.read_photo(bg_path)
+            layers = editor.get("layers") or []
+            if any(getattr(x, "shape", preview.shape)[:2] != preview.shape[:2] for x in layers):
+                raise DemoError("the stroke layers are not the size of the painting canvas")
+            background = matter.read_photo(bg_path) if bg_path else None
+            image = matter.read_photo(photo)
             r = matter.matte(
                 image,
-                editor.get("layers") or [],
+                layers,
                 preview.shape[:2],
-                f"{band}%",
+                band,
                 background,
                 colour,
                 adapt=steps,
+                method=sessions.method(request.session_hash),
+                out_dir=sessions.folder(request.session_hash),
             )
         except DemoError as e:
             raise fail(e) from None
@@ -335,8 +586,10 @@ def build_app(matter: Matter):
             f"Matted {w}x{h} with **{r['method']}** in {r['s']:.1f} s; "
             f"{int((r['trimap'] == 128).sum())} unknown pixels. Downloads are full resolution."
         )
+        small = shrink(image, side)
+        trimap_small = cv2.resize(r["trimap"], small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         return (
-            shrink(overlay(image, r["trimap"]), side),
+            overlay(small, trimap_small),
             shrink(r["alpha"], side),
             shrink(r["rgba"], side),
             shrink(r["composite"], side),
@@ -344,24 +597,33 @@ def build_app(matter: Matter):
             status,
         )
 
+    @session
+    def close(request: gr.Request):
+        sessions.close(request.session_hash)
+
     brush = gr.Brush(
         colors=[f"rgb{c}" for c in BRUSHES.values()],
         default_color=f"rgb{BRUSHES['object']}",
         default_size=6,
         color_mode="fixed",
     )
-    with gr.Blocks(title="Deep Image Matting", analytics_enabled=False) as app:
+    # Photo uploads, checkpoint loads and Mattes share one worker: at most one runs at a time,
+    # which is what the memory budget counts on (and all a 2-core CPU could run anyway).
+    work = {"concurrency_limit": 1, "concurrency_id": "work"}
+    with gr.Blocks(
+        title="Deep Image Matting", analytics_enabled=False, delete_cache=(600, 3600)
+    ) as app:
         gr.Markdown(
             "## Deep Image Matting: paint a rough trimap, get the matte\n"
             "Brushes: **red** object (roughly; an outline is filled), **white** sure "
             "foreground, **black** sure background, **blue** unknown (hair, fur)."
         )
         status = gr.Markdown(f"Method: **{matter.label}**. Upload a photo.", elem_id="status")
-        full = gr.State(None)
         with gr.Row():
             with gr.Column(scale=3):
                 photo = gr.File(label="Photo", file_types=["image"], elem_id="photo")
-                editor = gr.ImageEditor(
+                editor = checked_editor(
+                    matter.preview_side,
                     label="Paint here",
                     type="numpy",
                     image_mode="RGBA",
@@ -374,11 +636,15 @@ def build_app(matter: Matter):
                 )
             with gr.Column(scale=1):
                 band = gr.Slider(
-                    0.2, 5.0, value=1.0, step=0.1, label="Unknown band (% of diagonal)"
+                    *BAND_RANGE, value=1.0, step=0.1, label="Unknown band (% of diagonal)"
                 )
                 colour = gr.ColorPicker(value="#00b140", label="Composite on colour")
                 bg = gr.File(label="...or on a background photo", file_types=["image"])
-                ckpt = gr.File(label="Checkpoint (.pt, optional)", file_types=[".pt"])
+                ckpt = (
+                    gr.File(label="Checkpoint (.pt, this session only)", file_types=[".pt"])
+                    if allow_checkpoint_upload
+                    else None
+                )
                 steps = gr.Number(
                     value=matter.adapt_steps,
                     minimum=0,
@@ -398,14 +664,17 @@ def build_app(matter: Matter):
             label="Downloads (full resolution)", file_count="multiple", elem_id="downloads"
         )
 
-        photo.upload(load_photo, photo, [editor, full, status])
-        ckpt.upload(load_checkpoint, ckpt, status)
+        photo.upload(load_photo, photo, [editor, status], **work)
+        if ckpt is not None:
+            ckpt.upload(load_checkpoint, ckpt, status, **work)
         go.click(
             run,
-            [editor, full, band, colour, bg, steps],
+            [editor, band, colour, bg, steps],
             [trimap_view, alpha_view, cut_view, comp_view, files, status],
+            **work,
         )
-    return app, matter.out_dir
+        app.unload(close)
+    return app
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,6 +700,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="long side of the painting canvas (>= 64)",
     )
     add_inference_args(p)
+    p.set_defaults(max_side=PAGE_MAX_SIDE, max_pixels=None)
+    limits = p.add_argument_group("limits (what one user may cost the server)")
+    limits.add_argument(
+        "--memory-budget",
+        type=number(float, 1.0),
+        default=4.0,
+        metavar="GIB",
+        help="peak resident memory the server should stay under, GiB (default 4); sets the "
+        "pixel limit from measured bytes per pixel unless --max-pixels is given",
+    )
+    limits.add_argument(
+        "--max-sessions",
+        type=number(int, 1),
+        default=64,
+        help="browser sessions kept at once, each with its photo on disk (default 64)",
+    )
+    limits.add_argument(
+        "--session-minutes",
+        type=number(float, 1.0),
+        default=30.0,
+        help="an idle session's files are removed after this long (default 30)",
+    )
+    limits.add_argument(
+        "--queue-size",
+        type=number(int, 1),
+        default=64,
+        help="requests waiting for the worker; beyond it a request is told to retry (64)",
+    )
+    limits.add_argument(
+        "--max-upload-mb",
+        type=number(int, 1),
+        default=200,
+        help="largest file accepted from a browser, MB (default 200)",
+    )
+    limits.add_argument(
+        "--allow-checkpoint-upload",
+        action="store_true",
+        help="show a checkpoint box on the page; an uploaded checkpoint mattes only its own "
+        f"session's photos, and at most {MAX_UPLOADED_MODELS} sessions hold one at a time",
+    )
     return p
 
 
@@ -466,7 +775,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up pings
-    from utils.checkpoint import CheckpointError, load_model_for_inference
     from utils.device import check_amp, pick_device
 
     if args.adapt and not args.checkpoint:
@@ -477,24 +785,20 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"demo.py: error: {why}", file=sys.stderr)
         return 2
-    from utils.adapt import settings_from_checkpoint
-
     try:
         device = pick_device(args.device)
         check_amp(args.amp, device)
-        model, label, settings = None, None, {}
-        if args.checkpoint:
-            model, state, ckpt = load_model_for_inference(args.checkpoint, device)
-            label = f"Deep Image Matting, {ckpt} (stage {state.get('stage')})"
-            settings = settings_from_checkpoint(state)
-    except (CheckpointError, ValueError, RuntimeError) as e:
+        method = method_from_checkpoint(args.checkpoint, device) if args.checkpoint else Method()
+    except DemoError as e:
+        print(f"demo.py: error: --checkpoint {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2
     matter = Matter(
-        model,
-        label,
+        method.model,
+        method.label,
         preview_side=args.preview_side,
-        max_pixels=args.max_pixels,
         device=device,
         amp=args.amp,
         tile=args.tile,
@@ -503,20 +807,45 @@ def main(argv: list[str] | None = None) -> int:
         scale=args.infer_scale,
         tta=args.tta,
         adapt=args.adapt,
-        adapt_settings=settings,
+        adapt_settings=method.adapt_settings,
     )
-    app, out_dir = build_app(matter)
-    print(f"matting with {matter.label}; open http://{args.host}:{args.port} (Ctrl-C stops)")
+    sessions = Sessions(matter.out_dir / "sessions", args.max_sessions, args.session_minutes * 60)
+    app = build_app(matter, sessions, args.allow_checkpoint_upload)
+    matter.max_pixels = args.max_pixels or budget_pixels(args, matter)
+    if matter.max_pixels < 1_000_000:
+        print(
+            f"demo.py: error: --memory-budget {args.memory_budget:g} GiB leaves room for photos "
+            f"of only {matter.max_pixels / 1e6:.2f} megapixels once the server's "
+            f"{resident_bytes() / 2**30:.1f} GiB are counted; raise it (or pass --max-pixels)",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        f"matting with {matter.label}; photos up to {matter.max_pixels / 1e6:.0f} megapixels; "
+        f"open http://{args.host}:{args.port} (Ctrl-C stops)"
+    )
+    app.queue(max_size=args.queue_size, default_concurrency_limit=1)
     app.launch(
         server_name=args.host,
         server_port=args.port,
         share=False,
         inbrowser=False,
         show_error=True,
-        allowed_paths=[str(out_dir)],
+        allowed_paths=[str(matter.out_dir)],
+        max_file_size=args.max_upload_mb * 1024 * 1024,
         quiet=True,
     )
     return 0
+
+
+def budget_pixels(args, matter: Matter) -> int:
+    """The pixel limit ``--memory-budget`` allows: what is resident now (the model, Gradio) and
+    the uploaded models the page may hold are taken off the budget, then :func:`pixel_limit`
+    for the page's method (the network's cost when checkpoints may be uploaded)."""
+    if args.allow_checkpoint_upload:
+        matter.cost = "network"
+    held = MAX_UPLOADED_MODELS * MODEL_BYTES if args.allow_checkpoint_upload else 0
+    return pixel_limit(args.memory_budget * 2**30, resident_bytes() + held, matter.cost)
 
 
 if __name__ == "__main__":

@@ -423,14 +423,18 @@ def resample_background(
 def cover_background(bg: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """A new background for a user's cut-out: ``bg`` scaled (up or down, keeping its aspect)
     to cover (H, W), then centre-cropped. uint8 (H, W, 3). Not the dataset rule
-    (:func:`fit_background`), which only upscales and takes a window."""
+    (:func:`fit_background`), which only upscales and takes a window.
+
+    The centre window of (H, W)'s aspect is cut from ``bg`` first and only it is resized, so
+    the work is (H, W)-sized whatever the background's shape (a 1x10000 strip scaled to cover a
+    square photo would otherwise be 10000 times the photo)."""
     (bh, bw), (h, w) = bg.shape[:2], hw
     scale = max(h / bh, w / bw)
-    nh, nw = max(h, round(bh * scale)), max(w, round(bw * scale))
+    ch, cw = min(bh, max(1, round(h / scale))), min(bw, max(1, round(w / scale)))
+    y0, x0 = (bh - ch) // 2, (bw - cw) // 2
+    window = np.ascontiguousarray(bg[y0 : y0 + ch, x0 : x0 + cw])
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(bg, (nw, nh), interpolation=interp)
-    y0, x0 = (nh - h) // 2, (nw - w) // 2
-    return np.ascontiguousarray(resized[y0 : y0 + h, x0 : x0 + w])
+    return cv2.resize(window, (w, h), interpolation=interp).reshape(h, w, *bg.shape[2:])
 
 
 # --- resize, flip, composite -----------------------------------------------------------------

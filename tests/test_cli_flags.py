@@ -127,6 +127,7 @@ CLIS = [
     Cli("benchmarks/bench_infer.py", _module("benchmarks.bench_infer")),
     Cli("benchmarks/bench_metrics.py", _module("benchmarks.bench_metrics")),
     Cli("benchmarks/bench_train.py", _module("benchmarks.bench_train")),
+    Cli("benchmarks/bench_page.py", _module("benchmarks.bench_page")),
     Cli(
         "benchmarks/compare_commits.py",
         _module("benchmarks.compare_commits"),
@@ -195,6 +196,8 @@ FREE = {
     "test_compare_commits_reads_steady_time_and_refuses_bad_input)",
     ("benchmarks/compare_commits.py", "--head"): "a git revision, resolved by git",
     ("data/py_adobe_data.py", "--visdom-server"): "a URL",
+    ("benchmarks/bench_page.py", "--server-args"): "demo.py flags, checked by demo.py's own "
+    "parser in main() before the server starts",
     ("benchmarks/bench_recipes.py", "extra"): "trainer flags, checked by the trainer's own "
     "parser in main() before any stage runs (one line, exit 2)",
 }

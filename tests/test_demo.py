@@ -169,3 +169,60 @@ def test_bad_command_lines_are_one_line_errors(argv, says, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+# --- limits --------------------------------------------------------------------------------------
+def test_sessions_are_folders_capped_expired_and_closed(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(demo.time, "monotonic", lambda: clock[0])
+    sessions = demo.Sessions(tmp_path / "s", limit=2, ttl=60)
+    photo = tmp_path / "p.png"
+    write_png(photo, np.zeros((4, 4, 3), np.uint8))
+    kept = sessions.keep_photo("../../etc", str(photo))  # a client-chosen id is never a path
+    assert kept.parent.parent == tmp_path / "s" and sessions.photo("../../etc") == kept
+    sessions.folder("b", create=True)
+    with pytest.raises(demo.DemoError, match="--max-sessions"):
+        sessions.folder("c", create=True)
+    with pytest.raises(demo.DemoError, match="upload one first"):
+        sessions.photo("b")
+    sessions.close("b")
+    assert sessions.folder("c", create=True).is_dir()
+    clock[0] += 61  # both idle past the time to live: removed with their files
+    sessions.folder("d", create=True)
+    assert not kept.exists() and sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        demo.Sessions.key("d")
+    ]
+
+
+def test_uploaded_checkpoints_are_per_session_and_capped(tmp_path):
+    sessions = demo.Sessions(tmp_path)
+    for i in range(demo.MAX_UPLOADED_MODELS):
+        sessions.set_method(f"s{i}", demo.Method(label=f"model {i}"))
+    assert sessions.method("s0").label == "model 0" and sessions.method("other") is None
+    with pytest.raises(demo.DemoError, match="uploaded checkpoints"):
+        sessions.set_method("late", demo.Method())
+    sessions.close("s0")
+    sessions.set_method("late", demo.Method(label="late"))
+
+
+@pytest.mark.parametrize("band", ["nan", float("nan"), "inf", None, "x", 0.1, 5.5, "1%"])
+def test_band_values_the_slider_cannot_send_are_messages(band):
+    with pytest.raises(demo.DemoError, match=r"band width must be a number from 0\.2 to 5"):
+        demo.check_band(band)
+    assert demo.check_band("2.5") == "2.5%"
+
+
+def test_pixel_limit_follows_the_budget():
+    gib = 2**30
+    for cost in ("closed-form", "network"):
+        limit = demo.pixel_limit(4 * gib, 1 * gib, cost)
+        room = 3 * gib - demo.SERVER_BYTES - demo.WORK_BYTES[cost]
+        assert limit == int(room // demo.BYTES_PER_PIXEL[cost]) > 10_000_000
+        assert demo.pixel_limit(1 * gib, 1 * gib, cost) == 0
+
+
+def test_unsized_formats_are_refused_before_decoding(tmp_path):
+    ppm = tmp_path / "big.ppm"
+    ppm.write_bytes(b"P6\n30000 30000\n255\n" + bytes(64))
+    with pytest.raises(demo.DemoError, match=r"big\.ppm: not a readable image whose header"):
+        demo.Matter().read_photo(str(ppm))

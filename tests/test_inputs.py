@@ -21,6 +21,7 @@ from models.py_encoder_decoder import DIM, ModelConfig
 from tests.helpers import png_header_only, random_checkpoint
 from utils.checkpoint import CheckpointError, load_model_for_inference, save_checkpoint
 from utils.image_io import decode, image_size, read_gray, write_png
+from utils.visdom_frontend import free_port
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +272,42 @@ def test_resume_checkpoint_whose_weights_lie_names_the_flag_that_fits(tmp_path, 
     assert len(errors) == 1 and "\n" not in errors[0], errors
     msg = errors[0]
     assert "--resume" in msg and "decoder." in msg and "--skip concat" in msg, msg
+
+
+# --- stored settings ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "key, value",
+    [("infer_scale", -1.0), ("infer_scale", float("nan")), ("crop_size", 0), ("stage", 7)],
+)
+def test_a_checkpoint_whose_stored_settings_are_out_of_range_is_refused_on_load(
+    checkpoint, tmp_path, capsys, key, value
+):
+    """Refused when loaded, by every entry point, naming the key: not at the first matte."""
+    import demo
+    import evaluate
+    import export
+
+    state = torch.load(checkpoint, weights_only=True)
+    if key == "stage":
+        state["stage"] = value
+    else:
+        state["config"] = {**state["config"], key: value}
+    bad = save_checkpoint(tmp_path / "bad.pt", state)
+    with pytest.raises(CheckpointError, match=key):
+        load_model_for_inference(bad)
+    image, trimap, tri = tiny_pair(tmp_path, 40, 40)
+    testset = tmp_path / "testset"
+    write_png(testset / "images" / "x.png", read_gray(image))
+    write_png(testset / "trimaps" / "x.png", tri)
+    write_png(testset / "alphas" / "x.png", tri)
+    for fn, argv in [
+        (predict.main, ["--checkpoint", str(bad), "--image", str(image), "--trimap", str(trimap),
+                        "--out", str(tmp_path / "out")]),
+        (evaluate.main, ["--checkpoint", str(bad), "--testset", str(testset), "--limit", "1"]),
+        (export.main, ["--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")]),
+        (demo.main, ["--checkpoint", str(bad), "--port", str(free_port())]),
+    ]:  # fmt: skip
+        capsys.readouterr()
+        code = exit_code(fn, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and key in err[0], (fn.__module__, code, err)

@@ -26,7 +26,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -336,8 +336,34 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except RuntimeError as e:  # a fit by shapes that still fails: one line of torch's reason
         reason = " ".join(str(e).split())
         raise CheckpointError(f"{path}: its weights do not load into its model: {reason}") from e
+    check_stored_settings(path, state)
     model.infer_scale = float((state.get("config") or {}).get("infer_scale") or 1.0)
     return model.to(map_location).eval(), state
+
+
+def check_stored_settings(path: str | os.PathLike, state: Mapping) -> None:
+    """The settings inference reads from a checkpoint (``stage``, ``config["infer_scale"]``,
+    ``config["crop_size"]``) are in range: a bad value stored in a file is refused when the file
+    is loaded (:class:`CheckpointError` naming the file, key and value), not at the first
+    matte."""
+    from models.stages import STAGES
+
+    config = state.get("config") or {}
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path}: its config is a {type(config).__name__}, not a mapping")
+    checks = (
+        ("stage", state.get("stage"), lambda v: v in STAGES, f"one of {sorted(STAGES)}"),
+        ("config.infer_scale", config.get("infer_scale"),
+         lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]"),
+        ("config.crop_size", config.get("crop_size"),
+         lambda v: type(v) is int and v >= 32, "a whole number >= 32"),
+    )  # fmt: skip
+    for key, value, ok, allowed in checks:
+        if value is not None and not ok(value):
+            raise CheckpointError(
+                f"{path}: stored {key} = {value!r} is not {allowed}; the file was changed after "
+                "training wrote it, or written by other code"
+            )
 
 
 def find_checkpoint(

@@ -122,16 +122,27 @@ def _single_channel(img: np.ndarray) -> np.ndarray:
 MAX_PIXELS = 100_000_000
 
 
-def check_pixels(path: PathLike, limit: int = MAX_PIXELS, flag: str = "--max-pixels") -> None:
+def check_pixels(
+    path: PathLike,
+    limit: int = MAX_PIXELS,
+    flag: str = "--max-pixels",
+    header_only: bool = False,
+    need: str | None = None,
+) -> None:
     """Refuse an image whose header declares more than ``limit`` pixels, before decoding it
-    (:class:`ImageReadError` naming the file, its size and the flag that raises the limit)."""
-    h, w = image_size(path)
+    (:class:`ImageReadError` naming the file, its size and the flag that raises the limit).
+
+    ``header_only``: a format whose size cannot be read from its header (see
+    :func:`image_size`) is refused instead of decoded. ``need``: what the message says
+    matting it would take (default: an estimate for the command-line tools).
+    """
+    h, w = image_size(path, decode_unknown=not header_only)
     if h * w > limit:
+        need = need or f"about {h * w * 19 / 2**30:.0f} GiB of memory before tiling"
         raise ImageReadError(
             f"{path}: {w}x{h} = {h * w / 1e6:.0f} megapixels, above the limit of "
-            f"{limit / 1e6:g} MP (decoding and matting it needs about {h * w * 19 / 2**30:.0f} GiB "
-            f"of memory before tiling); pass a larger {flag} if this machine has the memory, "
-            "or downscale the image"
+            f"{limit / 1e6:g} MP (matting it needs {need}); pass a larger {flag} if this "
+            "machine has the memory, or downscale the image"
         )
 
 
@@ -293,12 +304,13 @@ def _tiff_size(f, head: bytes) -> tuple[int, int] | None:
     return (size[257], size[256]) if len(size) == 2 else None
 
 
-def image_size(path: PathLike) -> tuple[int, int]:
+def image_size(path: PathLike, decode_unknown: bool = True) -> tuple[int, int]:
     """(H, W) of an image, from the PNG/JPEG/BMP/WebP/TIFF header when possible (no pixel
     decoding).
 
-    Other formats, and headers that cannot be parsed, are decoded in full. Raises
-    :class:`ImageReadError` for missing, empty or unreadable files.
+    Other formats, and headers that cannot be parsed, are decoded in full, or with
+    ``decode_unknown=False`` refused (a server must not decode what it cannot size). Raises
+    :class:`ImageReadError` for missing, empty, unreadable or (so) refused files.
     """
     p = Path(path)
     if not p.is_file():
@@ -317,4 +329,9 @@ def image_size(path: PathLike) -> tuple[int, int]:
         raise ImageReadError(f"{p}: cannot be read ({e}); check its permissions") from e
     if size is not None and size[0] > 0 and size[1] > 0:
         return size
+    if not decode_unknown:
+        raise ImageReadError(
+            f"{p}: not a readable image whose header gives its size (accepted here: PNG, "
+            "JPEG, BMP, WebP, TIFF); save it as PNG or JPEG"
+        )
     return tuple(decode(p).shape[:2])

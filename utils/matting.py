@@ -1,44 +1,133 @@
 """The matting pipeline on arrays, shared by ``predict.py`` and the interactive page
 (``demo.py``): alpha (DIM network or closed-form), foreground colours, RGBA cut-out and a
-composite on a new background."""
+composite on a new background.
+
+Memory is bounded by the photo's size times a few bytes per pixel: the two pymatting solvers
+(closed-form alpha, about 1.1 kB per pixel, and multilevel foreground, about 100 B per pixel,
+both measured) run on windows around the unknown region (:func:`unknown_windows`), never on the
+whole photo, and the composite is built in strips. Everything at full resolution is uint8 except
+the alpha a network returns.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
 from data import compose
 
+# Window cores and context (px). Closed-form's sparse solve costs ~1.1 kB per pixel, so its
+# windows are 640x640 at most (~0.45 GB); the foreground solver's ~100 B per pixel allow more.
+CF_CORE, CF_CONTEXT = 512, 64
+FG_CORE, FG_CONTEXT = 1024, 64
+STRIP_ROWS = 256  # rows of the composite built at a time (float32 work arrays)
 
-def estimate_foreground(image_u8: np.ndarray, alpha: np.ndarray, method: str = "ml") -> np.ndarray:
-    """Foreground colours F (H, W, 3) float32 in [0, 1] such that image ~ alpha*F + (1-alpha)*B.
+
+def unknown_windows(
+    trimap: np.ndarray, core: int, context: int
+) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice]]]:
+    """Windows covering every unknown pixel of ``trimap`` (H, W): for each ``core`` x ``core``
+    cell of a grid over the image that holds an unknown pixel, yields (core, window, core
+    within window) as (rows, cols) slice pairs; the window is the core grown by ``context``
+    px on each side, clipped to the image. Cells without unknown pixels are skipped."""
+    h, w = trimap.shape
+    unknown = trimap == compose.TRIMAP_UNKNOWN
+    for y in range(0, h, core):
+        rows_any = unknown[y : y + core].any(axis=0)
+        for x in range(0, w, core):
+            if not rows_any[x : x + core].any():
+                continue
+            y1, x1 = min(y + core, h), min(x + core, w)
+            wy0, wx0 = max(0, y - context), max(0, x - context)
+            wy1, wx1 = min(h, y1 + context), min(w, x1 + context)
+            yield (
+                (slice(y, y1), slice(x, x1)),
+                (slice(wy0, wy1), slice(wx0, wx1)),
+                (slice(y - wy0, y1 - wy0), slice(x - wx0, x1 - wx0)),
+            )
+
+
+def closed_form_alpha(
+    image_u8: np.ndarray, trimap: np.ndarray, core: int = CF_CORE, context: int = CF_CONTEXT
+) -> np.ndarray:
+    """Closed-form matting (Levin et al. 2008) of a photo of any size: float32 (H, W) in [0, 1].
+
+    Solved window by window around the unknown region (:func:`unknown_windows`), each window as
+    :func:`utils.baselines.closed_form` solves a whole image; the cores are pasted, so memory is
+    that of one window. A window whose context holds no known pixel at all gets 0.5 (the
+    trimap-only value): nothing there says which side it is on. With one window covering the
+    image the result is exactly the whole-image solve.
+    """
+    from data.testsets import MattingExample
+    from utils.baselines import closed_form, trimap_only
+
+    alpha = trimap_only(MattingExample("input", image_u8, trimap, None))
+    for core_box, window, inner in unknown_windows(trimap, core, context):
+        t = trimap[window]
+        if not (t != compose.TRIMAP_UNKNOWN).any():
+            continue
+        if (t == compose.TRIMAP_FG).any() and (t == compose.TRIMAP_BG).any():
+            part = closed_form(MattingExample("window", image_u8[window], t, None))
+        else:  # one side only: the energy's minimum is that side's constant
+            part = np.full(t.shape, float((t == compose.TRIMAP_FG).any()), np.float32)
+        alpha[core_box] = np.where(
+            trimap[core_box] == compose.TRIMAP_UNKNOWN, part[inner], alpha[core_box]
+        )
+    return alpha
+
+
+def estimate_foreground(
+    image_u8: np.ndarray,
+    alpha: np.ndarray,
+    method: str = "ml",
+    trimap: np.ndarray | None = None,
+) -> np.ndarray:
+    """Foreground colours F (H, W, 3) uint8 such that image ~ alpha*F + (1-alpha)*B.
 
     "ml": pymatting's multilevel foreground estimation (imported here: numba compiles it on
-    first use); "none": the image's own colours (background colour bleeds into soft edges).
+    first use), solved on windows around the pixels where 0 < alpha < 1 (or, given
+    ``trimap``, its unknown region); elsewhere F is the image itself (where alpha is 1 that is
+    exact, where it is 0 F is never seen). "none": the image's own colours everywhere
+    (background colour bleeds into soft edges). alpha: (H, W) float in [0, 1].
     """
-    image = image_u8.astype(np.float64) / 255.0
-    if method == "none":
-        return image.astype(np.float32)
-    if method != "ml":
+    if method not in ("ml", "none"):
         raise ValueError(f"fg method must be 'ml' or 'none', got {method!r}")
-    if max(image.shape[:2]) < 2:  # one pixel: F = the pixel (pymatting's levels need two)
-        return image.astype(np.float32)
+    fg = np.array(image_u8, np.uint8)
+    if method == "none" or max(image_u8.shape[:2]) < 2:  # one pixel: F = the pixel
+        return fg
     from pymatting import estimate_foreground_ml
 
-    fg = estimate_foreground_ml(image, alpha.astype(np.float64))
-    return np.clip(fg, 0.0, 1.0).astype(np.float32)
+    if trimap is None:
+        soft = (alpha > 0) & (alpha < 1)
+        trimap = np.where(soft, compose.TRIMAP_UNKNOWN, 0).astype(np.uint8)
+    for core_box, window, inner in unknown_windows(trimap, FG_CORE, FG_CONTEXT):
+        if min(image_u8[window].shape[:2]) < 2:  # pymatting's levels need two pixels a side
+            continue
+        part = estimate_foreground_ml(
+            image_u8[window].astype(np.float64) / 255.0, alpha[window].astype(np.float64)
+        )
+        fg[core_box] = np.round(np.clip(part[inner], 0.0, 1.0) * 255.0).astype(np.uint8)
+    return fg
 
 
-def cutout(fg01: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """RGBA uint8 (H, W, 4): colours ``fg01`` (H, W, 3) in [0, 1], alpha (H, W) in [0, 1]."""
-    rgba = np.concatenate([fg01, alpha[..., None]], axis=2)
-    return np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)
+def cutout(fg_u8: np.ndarray, alpha_u8: np.ndarray) -> np.ndarray:
+    """RGBA uint8 (H, W, 4) from foreground colours (H, W, 3) uint8 and alpha (H, W) uint8."""
+    return np.concatenate([fg_u8, alpha_u8[..., None]], axis=2)
 
 
-def composite_on(fg01: np.ndarray, alpha: np.ndarray, background_u8: np.ndarray) -> np.ndarray:
-    """The cut-out over a new background, RGB uint8: compose.composite of F (in [0, 1], scaled
-    to 0-255) and the background, rounded."""
-    out = compose.composite(fg01 * np.float32(255.0), background_u8, alpha)
-    return np.round(np.clip(out, 0.0, 255.0)).astype(np.uint8)
+def composite_on(fg: np.ndarray, alpha01: np.ndarray, background_u8: np.ndarray) -> np.ndarray:
+    """The cut-out over a new background, RGB uint8 (H, W, 3), rounded: compose.composite of
+    ``fg`` (H, W, 3; uint8, or float in [0, 1]) and the background, ``STRIP_ROWS`` rows at a
+    time so its float32 work arrays stay small whatever the photo's size."""
+    fg = np.asarray(fg)
+    unit = np.float32(255.0) if fg.dtype.kind == "f" else np.float32(1.0)
+    out = np.empty(background_u8.shape, np.uint8)
+    for y in range(0, out.shape[0], STRIP_ROWS):
+        rows = slice(y, y + STRIP_ROWS)
+        strip = compose.composite(fg[rows] * unit, background_u8[rows], alpha01[rows])
+        out[rows] = np.round(np.clip(strip, 0.0, 255.0))
+    return out
 
 
 def matte(
@@ -52,27 +141,27 @@ def matte(
     """Run the whole pipeline on arrays: {"alpha": uint8 (H, W), "rgba": (H, W, 4),
     "composite": (H, W, 3) when ``background`` is given}. ``model`` is a DIM network, an ONNX
     export loaded by :func:`utils.onnx_inference.load_onnx_model` (torch is then never
-    imported), or None for closed-form matting (no checkpoint needed). ``inference_kwargs`` go
-    to :func:`utils.inference.predict_alpha` (device, amp, tile, overlap, max_side), or to
+    imported), or None for closed-form matting (no checkpoint needed;
+    :func:`closed_form_alpha`). ``inference_kwargs`` go to
+    :func:`utils.inference.predict_alpha` (device, amp, tile, overlap, max_side), or to
     :meth:`utils.onnx_inference.OnnxMatting.predict_alpha` (tile, overlap, max_side)."""
     from utils.onnx_inference import OnnxMatting
 
     if model is None:
-        from data.testsets import MattingExample
-        from utils.baselines import closed_form
-
-        alpha = closed_form(MattingExample("input", image, trimap, None))
+        alpha = closed_form_alpha(image, trimap)
     elif isinstance(model, OnnxMatting):
         alpha = model.predict_alpha(image, trimap, **inference_kwargs)
     else:
         from utils.inference import predict_alpha
 
         alpha = predict_alpha(model, image, trimap, **inference_kwargs)
-    alpha = np.round(alpha * 255.0).astype(np.uint8).astype(np.float32) / 255.0  # as saved
-    fg = estimate_foreground(image, alpha, fg_method)
-    out = {"alpha": np.round(alpha * 255.0).astype(np.uint8), "rgba": cutout(fg, alpha)}
+    alpha_u8 = np.round(alpha * 255.0).astype(np.uint8)
+    del alpha
+    alpha01 = alpha_u8.astype(np.float32) / 255.0  # as saved
+    fg = estimate_foreground(image, alpha01, fg_method, trimap)
+    out = {"alpha": alpha_u8, "rgba": cutout(fg, alpha_u8)}
     if background is not None:
         out["composite"] = composite_on(
-            fg, alpha, compose.cover_background(background, alpha.shape)
+            fg, alpha01, compose.cover_background(background, alpha_u8.shape)
         )
     return out
