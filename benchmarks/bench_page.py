@@ -148,7 +148,10 @@ def photo(path: Path, w: int, h: int, black: bool = False) -> Path:
 
 def strokes(preview: str | Path, path: Path) -> Path:
     """A stroke layer the size of the page's preview: an object disc at its centre."""
-    h, w = cv2.imread(str(preview), cv2.IMREAD_UNCHANGED).shape[:2]
+    import PIL.Image
+
+    with PIL.Image.open(preview) as im:  # the preview as the client downloaded it (WebP)
+        w, h = im.size
     layer = np.zeros((h, w, 4), np.uint8)
     cv2.circle(layer, (w // 2, h // 2), min(h, w) // 3, BRUSH, -1)
     cv2.imwrite(str(path), cv2.cvtColor(layer, cv2.COLOR_RGBA2BGRA))
@@ -199,9 +202,17 @@ class Session:
         from gradio_client import handle_file
 
         background = kw.get("background") or self.preview
-        layer = kw.get("layer") or (
-            strokes(self.preview, self.folder / "strokes.png") if self.preview else None
-        )
+        try:
+            layer = kw.get("layer") or (
+                strokes(self.preview, self.folder / "strokes.png") if self.preview else None
+            )
+        except OSError as e:
+            return {
+                "outcome": "failed",
+                "text": f"preview unreadable: {e}",
+                "s": 0.0,
+                "value": None,
+            }
         editor = {
             "background": handle_file(str(background)) if background else None,
             "layers": [handle_file(str(layer))] if layer else [],
