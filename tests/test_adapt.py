@@ -246,7 +246,7 @@ def test_predict_and_the_page_adapt_a_copy_per_photo(folders, tmp_path):
 
     matter = demo.Matter(adapt=1)
     matter.use_checkpoint(str(ckpt))
-    assert matter.adapt_settings == {"crop_size": CROP, "stage": 1}
+    assert matter.method.adapt_settings == {"crop_size": CROP, "stage": 1}
     photo, tri, _ = disc_photo()
     model, label = matter.adapted(photo, tri, 1)
     assert model is not matter.model and "adapted 1 steps" in label

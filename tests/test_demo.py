@@ -8,6 +8,7 @@ import pytest
 
 import demo
 from data import compose
+from utils import serving
 from utils.image_io import write_png
 
 
@@ -174,8 +175,8 @@ def test_bad_command_lines_are_one_line_errors(argv, says, capsys):
 # --- limits --------------------------------------------------------------------------------------
 def test_sessions_are_folders_capped_expired_and_closed(tmp_path, monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(demo.time, "monotonic", lambda: clock[0])
-    sessions = demo.Sessions(tmp_path / "s", limit=2, ttl=60)
+    monkeypatch.setattr(serving.time, "monotonic", lambda: clock[0])
+    sessions = serving.Sessions(tmp_path / "s", limit=2, ttl=60)
     photo = tmp_path / "p.png"
     write_png(photo, np.zeros((4, 4, 3), np.uint8))
     kept = sessions.keep_photo("../../etc", str(photo))  # a client-chosen id is never a path
@@ -190,13 +191,13 @@ def test_sessions_are_folders_capped_expired_and_closed(tmp_path, monkeypatch):
     clock[0] += 61  # both idle past the time to live: removed with their files
     sessions.folder("d", create=True)
     assert not kept.exists() and sorted(p.name for p in (tmp_path / "s").iterdir()) == [
-        demo.Sessions.key("d")
+        serving.Sessions.key("d")
     ]
 
 
 def test_uploaded_checkpoints_are_per_session_and_capped(tmp_path):
-    sessions = demo.Sessions(tmp_path)
-    for i in range(demo.MAX_UPLOADED_MODELS):
+    sessions = serving.Sessions(tmp_path)
+    for i in range(serving.MAX_UPLOADED_MODELS):
         sessions.set_method(f"s{i}", demo.Method(label=f"model {i}"))
     assert sessions.method("s0").label == "model 0" and sessions.method("other") is None
     with pytest.raises(demo.DemoError, match="uploaded checkpoints"):
@@ -215,10 +216,10 @@ def test_band_values_the_slider_cannot_send_are_messages(band):
 def test_pixel_limit_follows_the_budget():
     gib = 2**30
     for cost in ("closed-form", "network"):
-        limit = demo.pixel_limit(4 * gib, 1 * gib, cost)
-        room = 3 * gib - demo.SERVER_BYTES - demo.WORK_BYTES[cost]
-        assert limit == int(room // demo.BYTES_PER_PIXEL[cost]) > 10_000_000
-        assert demo.pixel_limit(1 * gib, 1 * gib, cost) == 0
+        limit = serving.pixel_limit(4 * gib, 1 * gib, cost)
+        room = 3 * gib - serving.SERVER_BYTES - serving.WORK_BYTES[cost]
+        assert limit == int(room // serving.BYTES_PER_PIXEL[cost]) > 10_000_000
+        assert serving.pixel_limit(1 * gib, 1 * gib, cost) == 0
 
 
 def test_unsized_formats_are_refused_before_decoding(tmp_path):
