@@ -416,13 +416,17 @@ def build_app(matter: Matter, sessions: Sessions, allow_checkpoint_upload: bool 
     def load_photo(path, request: gr.Request):
         try:
             image = matter.read_photo(path)
-            sessions.keep_photo(request.session_hash, path)
+            kept = sessions.keep_photo(request.session_hash, path)
             method = sessions.method(request.session_hash) or matter.method
         except DemoError as e:
             raise fail(e) from None
         preview = shrink(image, matter.preview_side)
         h, w = image.shape[:2]
         del image  # the session keeps the file, not the pixels
+        # Images go back as files of the session (Gradio copies a file into its cache under a
+        # temporary name; an array it writes in place under a hash of its content, which races
+        # when two sessions get identical images at once).
+        shown = write_png(kept.parent / "preview.png", preview)
         note = (
             f"Photo {w}x{h}"
             + (
@@ -432,7 +436,7 @@ def build_app(matter: Matter, sessions: Sessions, allow_checkpoint_upload: bool 
             )
             + f". Method: **{method.label}**. Paint the object with the red brush, then Matte."
         )
-        return {"background": preview, "layers": [], "composite": None}, note
+        return {"background": str(shown), "layers": [], "composite": None}, note
 
     @session
     def load_checkpoint(path, request: gr.Request):
@@ -480,14 +484,15 @@ def build_app(matter: Matter, sessions: Sessions, allow_checkpoint_upload: bool 
         )
         small = shrink(image, side)
         trimap_small = cv2.resize(r["trimap"], small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        return (
-            overlay(small, trimap_small),
-            shrink(r["alpha"], side),
-            shrink(r["rgba"], side),
-            shrink(r["composite"], side),
-            [str(p) for p in r["files"]],
-            status,
-        )
+        views = {
+            "trimap": overlay(small, trimap_small),
+            "alpha": shrink(r["alpha"], side),
+            "cutout": shrink(r["rgba"], side),
+            "composite": shrink(r["composite"], side),
+        }
+        folder = r["files"][0].parent
+        shown = [str(write_png(folder / f"view-{k}.png", v)) for k, v in views.items()]
+        return (*shown, [str(p) for p in r["files"]], status)
 
     @session
     def close(request: gr.Request):
