@@ -253,12 +253,11 @@ class Matter:
     """What the page's buttons call: reading photos, building trimaps, matting. No Gradio in
     here, so it is tested directly; the page turns :class:`DemoError` into a message."""
 
-    def __init__(self, model=None, label: str | None = None, preview_side: int = 1024, **kw):
-        self.method = Method(model, label) if label else Method(model)
-        self.method.adapt_settings = kw.pop("adapt_settings", {})
+    def __init__(self, method: Method | None = None, preview_side: int = 1024, **kw):
+        self.method = method or Method()  # the page's; a session may upload its own
         self.preview_side = preview_side
         self.max_pixels = kw.pop("max_pixels", MAX_PIXELS)
-        self.cost = "closed-form" if model is None else "network"  # memory, see pixel_limit
+        self.cost = "closed-form" if self.method.model is None else "network"  # pixel_limit
         self.adapt_steps = kw.pop("adapt", 0)  # the page's default; each Matte press may change it
         self.inference = kw  # device, amp, tile, overlap, max_side, scale, tta
         self.out_dir = Path(tempfile.mkdtemp(prefix="dim-demo-"))
@@ -266,10 +265,6 @@ class Matter:
     @property
     def label(self) -> str:
         return self.method.label
-
-    @property
-    def model(self):
-        return self.method.model
 
     def read_photo(self, path: str | os.PathLike | None) -> np.ndarray:
         """Decode a photo the page was given; refused from its header when it has more than
@@ -292,13 +287,6 @@ class Matter:
         except ImageReadError:
             return 0.0
         return (h * w * BYTES_PER_PIXEL[self.cost] + WORK_BYTES[self.cost]) / 2**30
-
-    def use_checkpoint(self, path: str, device="cpu") -> str:
-        """Make the DIM checkpoint at ``path`` this page's method; :class:`DemoError` if it
-        is not one."""
-        self.method = method_from_checkpoint(path, device)
-        self.cost = "network"
-        return self.label
 
     def adapted(
         self, image: np.ndarray, trimap: np.ndarray, steps, method: Method | None = None
@@ -693,8 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2
     matter = Matter(
-        method.model,
-        method.label,
+        method,
         preview_side=args.preview_side,
         device=device,
         amp=args.amp,
@@ -704,7 +691,6 @@ def main(argv: list[str] | None = None) -> int:
         scale=args.infer_scale,
         tta=args.tta,
         adapt=args.adapt,
-        adapt_settings=method.adapt_settings,
     )
     sessions = Sessions(matter.out_dir / "sessions", args.max_sessions, args.session_minutes * 60)
     app = build_app(matter, sessions, args.allow_checkpoint_upload)

@@ -244,10 +244,9 @@ def test_predict_and_the_page_adapt_a_copy_per_photo(folders, tmp_path):
     assert "adapted 1 steps per image" in (out / "a_method.txt").read_text()
     assert (out / "a_alpha.png").is_file()
 
-    matter = demo.Matter(adapt=1)
-    matter.use_checkpoint(str(ckpt))
+    matter = demo.Matter(demo.method_from_checkpoint(str(ckpt)), adapt=1)
     assert matter.method.adapt_settings == {"crop_size": CROP, "stage": 1}
     photo, tri, _ = disc_photo()
     model, label = matter.adapted(photo, tri, 1)
-    assert model is not matter.model and "adapted 1 steps" in label
-    assert matter.adapted(photo, tri, 0) == (matter.model, matter.label)
+    assert model is not matter.method.model and "adapted 1 steps" in label
+    assert matter.adapted(photo, tri, 0) == (matter.method.model, matter.label)

@@ -104,8 +104,8 @@ def test_bad_photos_and_checkpoints_are_messages(tmp_path):
 
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(demo.DemoError, match=r"other\.pt"):
-        matter.use_checkpoint(str(foreign))
-    assert matter.model is None and "closed-form" in matter.label
+        demo.method_from_checkpoint(str(foreign))
+    assert matter.method.model is None and "closed-form" in matter.label
 
 
 @pytest.mark.slow
@@ -145,8 +145,8 @@ def test_matte_with_a_dim_checkpoint_names_it(tmp_path):
     from tests.helpers import random_checkpoint
 
     ckpt = random_checkpoint(tmp_path / "stage2.pt", stage=2)
-    matter = demo.Matter()
-    assert "Deep Image Matting" in matter.use_checkpoint(str(ckpt))
+    matter = demo.Matter(demo.method_from_checkpoint(str(ckpt)))
+    assert "Deep Image Matting" in matter.label
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
     layer = np.zeros((70, 90, 4), np.uint8)

@@ -159,7 +159,7 @@ def test_paint_matte_and_download_offline(browser, server, photo, tmp_path):
     page.mouse.move(*screen(*poly[0]))
     page.mouse.down()
     for x, y in [*poly[1:], poly[0]]:
-        page.mouse.move(*screen(x, y), steps=3)
+        page.mouse.move(*screen(x, y))
     page.mouse.up()
     page.click("#matte")
     page.wait_for_selector('#downloads a[download="alpha.png"]', timeout=180_000)

@@ -22,14 +22,16 @@ class DemoError(ValueError):
 
 
 # --- memory -----------------------------------------------------------------------------------
-# Measured with `python -m benchmarks.bench_page --scenarios sizes --sizes 2,12` (peak RSS of a
-# real server on loopback, 2-core Xeon; docs/reliability.md): one Matte raises the server's
-# peak by a fixed work area (the largest window it solves) plus so many bytes per photo pixel
-# (photo, trimap, alpha, cut-out, composite, PNG encoding at full resolution; for the network
-# also its scaled input and the allocator's growth over many windows). Measured: closed-form
-# 0.42 GiB + 17 B/px, network 0.72 GiB + 112 B/px; the constants keep a margin above them.
-BYTES_PER_PIXEL = {"closed-form": 24, "network": 120}
-WORK_BYTES = {"closed-form": 0.5 * 2**30, "network": 0.8 * 2**30}  # network at PAGE_MAX_SIDE
+# Measured on a 2-core Xeon (docs/reliability.md): one Matte raises the server's peak by a work
+# area plus so many bytes per photo pixel (photo, trimap, alpha, cut-out, composite and PNG
+# encoding at full resolution). Closed-form (`python -m benchmarks.bench_page --scenarios
+# sizes`): 0.42 GiB + 17 B/px, its work area one 640 px solver window. The network's work
+# area is its windows' activations, which grows with the photo until the (scaled) photo fills
+# whole PAGE_MAX_SIDE windows and then stays: predict_alpha added 0.78 / 1.26 / 1.85 / 1.91 GiB
+# at 2 / 6 / 12 / 20 MP (scale 0.5); its own per-pixel arrays are numpy's, 0.14 GiB at 12 MP.
+# The constants keep a margin above the measurements.
+BYTES_PER_PIXEL = {"closed-form": 24, "network": 32}
+WORK_BYTES = {"closed-form": 0.5 * 2**30, "network": 2.0 * 2**30}  # network at PAGE_MAX_SIDE
 PAGE_MAX_SIDE = 1024  # network windows on the page; the CLIs' 1600 px windows need ~4 GB on CPU
 SERVER_BYTES = 0.3 * 2**30  # Gradio's own growth while serving (threads, queues, caches)
 MODEL_BYTES = 0.25 * 2**30  # one uploaded checkpoint's model in memory (default architecture)
