@@ -29,7 +29,8 @@ class DemoError(ValueError):
 # area is its windows' activations, which grows with the photo until the (scaled) photo fills
 # whole PAGE_MAX_SIDE windows and then stays: predict_alpha added 0.78 / 1.26 / 1.85 / 1.91 GiB
 # at 2 / 6 / 12 / 20 MP (scale 0.5); its own per-pixel arrays are numpy's, 0.14 GiB at 12 MP.
-# The constants keep a margin above the measurements.
+# Test-time adaptation runs before the network (30 steps at 12 MP added 0.71 GiB), inside that
+# work area. The constants keep a margin above the measurements.
 BYTES_PER_PIXEL = {"closed-form": 24, "network": 32}
 WORK_BYTES = {"closed-form": 0.5 * 2**30, "network": 2.0 * 2**30}  # network at PAGE_MAX_SIDE
 PAGE_MAX_SIDE = 1024  # network windows on the page; the CLIs' 1600 px windows need ~4 GB on CPU
