@@ -253,11 +253,15 @@ class Matter:
     """What the page's buttons call: reading photos, building trimaps, matting. No Gradio in
     here, so it is tested directly; the page turns :class:`DemoError` into a message."""
 
-    def __init__(self, method: Method | None = None, preview_side: int = 1024, **kw):
+    def __init__(
+        self, method: Method | None = None, preview_side: int = 1024, cost: str | None = None, **kw
+    ):
         self.method = method or Method()  # the page's; a session may upload its own
         self.preview_side = preview_side
         self.max_pixels = kw.pop("max_pixels", MAX_PIXELS)
-        self.cost = "closed-form" if self.method.model is None else "network"  # pixel_limit
+        # What a Matte costs in memory (serving.pixel_limit): the network's whenever a model
+        # may run, closed-form's otherwise.
+        self.cost = cost or ("closed-form" if self.method.model is None else "network")
         self.adapt_steps = kw.pop("adapt", 0)  # the page's default; each Matte press may change it
         self.inference = kw  # device, amp, tile, overlap, max_side, scale, tta
         self.out_dir = Path(tempfile.mkdtemp(prefix="dim-demo-"))
@@ -271,22 +275,16 @@ class Matter:
         ``max_pixels`` pixels or a format whose size cannot be read without decoding it."""
         if not path:
             raise DemoError("no photo: upload one first")
-        need = f"about {self.need_gib(path):.1f} GiB on this page"
         try:
-            check_pixels(path, self.max_pixels, "--max-pixels (of demo.py)", True, need)
+            check_pixels(path, self.max_pixels, "--max-pixels (of demo.py)", True, self.need)
             return read_rgb(path)
         except ImageReadError as e:
             raise DemoError(f"{Path(path).name}: {str(e).split(': ', 1)[-1]}") from e
 
-    def need_gib(self, path) -> float:
-        """Memory one Matte of the photo at ``path`` adds (GiB), from its header; 0 if unknown."""
-        from utils.image_io import image_size
-
-        try:
-            h, w = image_size(path, decode_unknown=False)
-        except ImageReadError:
-            return 0.0
-        return (h * w * BYTES_PER_PIXEL[self.cost] + WORK_BYTES[self.cost]) / 2**30
+    def need(self, pixels: int) -> str:
+        """What one Matte of a photo of ``pixels`` adds to the server's memory, in words."""
+        gib = (pixels * BYTES_PER_PIXEL[self.cost] + WORK_BYTES[self.cost]) / 2**30
+        return f"about {gib:.1f} GiB on this page"
 
     def adapted(
         self, image: np.ndarray, trimap: np.ndarray, steps, method: Method | None = None
@@ -446,14 +444,11 @@ def build_app(matter: Matter, sessions: Sessions, allow_checkpoint_upload: bool 
             band = check_band(band)
             photo = sessions.photo(request.session_hash)
             preview = editor["background"]
-            layers = editor.get("layers") or []
-            if any(getattr(x, "shape", preview.shape)[:2] != preview.shape[:2] for x in layers):
-                raise DemoError("the stroke layers are not the size of the painting canvas")
             background = matter.read_photo(bg_path) if bg_path else None
             image = matter.read_photo(photo)
             r = matter.matte(
                 image,
-                layers,
+                editor.get("layers") or [],  # (stroke_masks scales any layer to the canvas)
                 preview.shape[:2],
                 band,
                 background,
@@ -470,7 +465,7 @@ def build_app(matter: Matter, sessions: Sessions, allow_checkpoint_upload: bool 
             f"Matted {w}x{h} with **{r['method']}** in {r['s']:.1f} s; "
             f"{int((r['trimap'] == 128).sum())} unknown pixels. Downloads are full resolution."
         )
-        small = shrink(image, side)
+        small = preview[..., :3]  # the photo as the canvas shows it (shrunk at upload)
         trimap_small = cv2.resize(r["trimap"], small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         views = {
             "trimap": overlay(small, trimap_small),
@@ -680,9 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2
+    network = method.model is not None or args.allow_checkpoint_upload
     matter = Matter(
         method,
         preview_side=args.preview_side,
+        cost="network" if network else "closed-form",
         device=device,
         amp=args.amp,
         tile=args.tile,
@@ -723,10 +720,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def budget_pixels(args, matter: Matter) -> int:
     """The pixel limit ``--memory-budget`` allows: what is resident now (the model, Gradio) and
-    the uploaded models the page may hold are taken off the budget, then :func:`pixel_limit`
-    for the page's method (the network's cost when checkpoints may be uploaded)."""
-    if args.allow_checkpoint_upload:
-        matter.cost = "network"
+    the uploaded models the page may hold are taken off the budget, then
+    :func:`utils.serving.pixel_limit` for the page's cost."""
     held = MAX_UPLOADED_MODELS * MODEL_BYTES if args.allow_checkpoint_upload else 0
     return pixel_limit(args.memory_budget * 2**30, resident_bytes() + held, matter.cost)
 

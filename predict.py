@@ -71,7 +71,6 @@ from utils.image_io import (
     MAX_PIXELS,
     ImageReadError,
     check_pixels,
-    image_size,
     read_gray,
     read_rgb,
     write_png,
@@ -157,10 +156,9 @@ def read_inputs(
     """Read and check one pair: (RGB uint8 (H, W, 3), trimap uint8 (H, W) in {0, 128, 255}).
     A mask job's trimap is built with :func:`data.compose.trimap_from_mask` (``band``: pixels
     or a percentage of the image diagonal)."""
-    for path in (job.image, job.guide):  # from the headers, before any decoding
-        check_pixels(path, max_pixels)
-    (h, w), (gh, gw) = image_size(job.image), image_size(job.guide)
-    if (h, w) != (gh, gw):  # also from the headers: an oversized mask is never decoded
+    # From the headers, before any decoding: an oversized mask is never decoded.
+    (h, w), (gh, gw) = (check_pixels(path, max_pixels) for path in (job.image, job.guide))
+    if (h, w) != (gh, gw):
         raise InputError(
             f"image {job.image} is {w}x{h} (WxH) but {job.kind} {job.guide} is {gw}x{gh}: "
             f"they must be the same size (resize the {job.kind} to the image with "

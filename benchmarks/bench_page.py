@@ -83,10 +83,10 @@ class PageServer:
             return False
 
     def _status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no {key} for the server process")
+        kb = common.status_kb(key, self.proc.pid)
+        if kb is None:
+            raise RuntimeError(f"no {key} for the server process (Linux /proc needed)")
+        return kb * 1024
 
     def rss(self) -> int:
         return self._status("VmRSS")
@@ -96,7 +96,8 @@ class PageServer:
         return self._status("VmHWM")
 
     def reset_peak(self) -> None:
-        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        if not common.reset_peak_rss(self.proc.pid):
+            raise RuntimeError("cannot reset the server's peak RSS (Linux >= 4.0 needed)")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -118,7 +119,8 @@ def page_server(args: list[str], folder: Path) -> Iterator[PageServer]:
 
 # --- files a client sends ----------------------------------------------------------------------
 def png_header(path: Path, w: int, h: int) -> Path:
-    """A PNG signature and an IHDR declaring w x h, nothing else (a tiny hostile upload)."""
+    """A PNG signature and an IHDR declaring w x h, nothing else: what a hostile upload or a
+    corrupt file can look like (a real 30000x30000 PNG of zeros is ~1 MB, and 900 MB to make)."""
     ihdr = b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     crc = struct.pack(">I", zlib.crc32(ihdr))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + crc)

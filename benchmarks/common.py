@@ -133,10 +133,10 @@ def median(xs: Sequence[float]) -> float:
     return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
 
 
-def _status_kb(key: str) -> int | None:
-    """A field of /proc/self/status in kB (VmRSS, VmHWM), None where there is none."""
+def status_kb(key: str, pid: int | str = "self") -> int | None:
+    """A field of /proc/PID/status in kB (VmRSS, VmHWM), None where there is none."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
@@ -147,26 +147,26 @@ def _status_kb(key: str) -> int | None:
 
 def rss_mb() -> float | None:
     """Resident memory of this process now, MB (Linux)."""
-    kb = _status_kb("VmRSS")
+    kb = status_kb("VmRSS")
     return None if kb is None else kb / 1024.0
 
 
 def peak_rss_mb() -> float:
     """High-water mark of this process's resident memory, MB (since start or the last reset)."""
-    kb = _status_kb("VmHWM")
+    kb = status_kb("VmHWM")
     if kb is None:  # not Linux: ru_maxrss (KB on Linux/BSD, bytes on macOS), never reset
         div = 2**20 if platform.system() == "Darwin" else 2**10
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / div
     return kb / 1024.0
 
 
-def reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark (Linux >= 4.0: write 5 to /proc/self/clear_refs).
+def reset_peak_rss(pid: int | str = "self") -> bool:
+    """Reset a process's RSS high-water mark (Linux >= 4.0: write 5 to /proc/PID/clear_refs).
 
     Returns False where that is impossible; peaks are then since process start.
     """
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:

@@ -41,15 +41,3 @@ def unavailable(reason: str):
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason} (CI=true: this must work in CI)")
     pytest.skip(reason)
-
-
-def png_header_only(path: Path, w: int, h: int) -> None:
-    """A PNG signature + IHDR declaring w x h, and nothing else: what a hostile upload or a
-    corrupt file can look like (a real 30000x30000 PNG of zeros is only ~1 MB)."""
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-                     + struct.pack(">I", zlib.crc32(chunk)))  # fmt: skip

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import evaluate
+from benchmarks.bench_page import png_header
 from data.testsets import open_testset
-from tests.helpers import png_header_only, random_checkpoint
+from tests.helpers import random_checkpoint
 from utils.image_io import read_alpha
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +157,7 @@ def test_huge_declared_test_image_is_refused_from_its_header(tmp_path, capsys):
     for sub in ("images", "trimaps", "alphas"):
         (tmp_path / sub).mkdir()
     for sub in ("images", "trimaps", "alphas"):
-        png_header_only(tmp_path / sub / "huge.png", 30000, 30000)
+        png_header(tmp_path / sub / "huge.png", 30000, 30000)
     args = ["--method", "trimap-only", "--images", str(tmp_path / "images"), "--trimaps",
             str(tmp_path / "trimaps"), "--alphas", str(tmp_path / "alphas")]  # fmt: skip
     assert evaluate.main(args) == 2

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import predict
+from benchmarks.bench_page import png_header
 from models.py_encoder_decoder import DIM, ModelConfig
-from tests.helpers import png_header_only, random_checkpoint
+from tests.helpers import random_checkpoint
 from utils.checkpoint import CheckpointError, load_model_for_inference, save_checkpoint
 from utils.image_io import decode, image_size, read_gray, write_png
 from utils.visdom_frontend import free_port
@@ -96,8 +97,8 @@ def bmp_header_only(path: Path, w: int, h: int) -> None:
 @pytest.mark.parametrize(
     ("make", "w", "h", "says"),
     [
-        (png_header_only, 60000, 60000, "--max-pixels"),  # above the limit
-        (png_header_only, 9000, 9000, "must be the same size"),  # below it, not the image's
+        (png_header, 60000, 60000, "--max-pixels"),  # above the limit
+        (png_header, 9000, 9000, "must be the same size"),  # below it, not the image's
         (bmp_header_only, 60000, 60000, "--max-pixels"),  # a format read from its header too
     ],
 )

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import predict
+from benchmarks.bench_page import png_header
 from data import compose
 from data.testsets import open_testset
-from tests.helpers import png_header_only, random_checkpoint
+from tests.helpers import random_checkpoint
 from utils import matting
 from utils.image_io import read_gray, read_rgb, write_png
 
@@ -207,7 +208,7 @@ def test_fit_background_covers_and_centres():
 
 
 def test_composite_math():
-    fg = np.full((2, 2, 3), 1.0, np.float32)
+    fg = np.full((2, 2, 3), 255, np.uint8)
     bg = np.zeros((2, 2, 3), np.uint8)
     alpha = np.array([[0, 0.5], [1, 0.25]], np.float32)
     out = matting.composite_on(fg, alpha, bg)
@@ -306,7 +307,7 @@ def test_huge_declared_image_is_refused_from_the_header(tmp_path, capsys):
     import time
     import tracemalloc
 
-    png_header_only(tmp_path / "huge.png", 30000, 30000)
+    png_header(tmp_path / "huge.png", 30000, 30000)
     write_png(tmp_path / "tri.png", np.zeros((8, 8), np.uint8))
     tracemalloc.start()
     t0 = time.perf_counter()

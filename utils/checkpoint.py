@@ -21,12 +21,13 @@ the checkpoint beside it that is still whole.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -136,6 +137,19 @@ def _write_error(path: Path, e: BaseException, needed: int) -> CheckpointWriteEr
     return CheckpointWriteError(path, reason, needed, free, code, last_whole(path))
 
 
+@contextlib.contextmanager
+def _as_write_error(path: Path, needed: int) -> Iterator[None]:
+    """Turn a full disk or a folder that cannot be written, raised inside, into
+    :class:`CheckpointWriteError`; anything else passes through as it is."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        err = _write_error(path, e, needed)
+        if err is None:
+            raise
+        raise err from e
+
+
 def write_atomically(
     path: str | os.PathLike, write: Callable[[IO[bytes]], None], needed: int
 ) -> Path:
@@ -144,45 +158,32 @@ def write_atomically(
     bytes, compared with the free space first. A full disk or a folder that cannot be written
     raises :class:`CheckpointWriteError`; the temporary file is always removed on failure."""
     path = Path(path)
-    try:
+    with _as_write_error(path, needed):
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        err = _write_error(path, e, needed)
-        if err is None:
-            raise
-        raise err from e
     free = free_bytes(path.parent)
     if free is not None and free < needed:
         raise CheckpointWriteError(
             path, "not enough free space", needed, free, errno.ENOSPC, last_whole(path)
         )
-    # The writer's pid is in the name, so a later start can tell a dead writer's leftover
-    # (kill -9 mid-save) from a live writer's file (remove_stale_temps).
-    try:
+    with _as_write_error(path, needed):
+        # The writer's pid is in the name, so a later start can tell a dead writer's leftover
+        # (kill -9 mid-save) from a live writer's file (remove_stale_temps).
         fd, tmp = tempfile.mkstemp(
             prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
         )
-    except OSError as e:
-        err = _write_error(path, e, needed)
-        if err is None:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            # mkstemp creates 0600 files; give the file the permissions of any new file.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
             raise
-        raise err from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the file the permissions of any new file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        err = _write_error(path, e, needed) if isinstance(e, OSError | RuntimeError) else None
-        if err is None:
-            raise
-        raise err from e
     return path
 
 
@@ -322,14 +323,17 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     state = load_checkpoint(path, map_location)
     model = build_model(state["model_config"])
     weights = state["model"]
-    why = misfit(weights, model_shapes(model.config)) if isinstance(weights, dict) else None
-    if why is not None or not isinstance(weights, dict):
-        flags = fitting_flags(weights, model.config) if isinstance(weights, dict) else None
+    if not isinstance(weights, dict):
+        why, flags = "no state dict", None
+    else:
+        why = misfit(weights, model_shapes(model.config))
+        flags = fitting_flags(weights, model.config) if why else None
+    if why is not None:
         hint = f"; they fit that model with {flags}" if flags else ""
         raise CheckpointError(
             f"{path}: its weights do not fit the model its model_config describes "
-            f"({why or 'no state dict'}){hint}: the file was changed after training wrote it, "
-            "or written by other code"
+            f"({why}){hint}: the file was changed after training wrote it, or written by other "
+            "code"
         )
     try:
         model.load_state_dict(weights)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -127,23 +128,27 @@ def check_pixels(
     limit: int = MAX_PIXELS,
     flag: str = "--max-pixels",
     header_only: bool = False,
-    need: str | None = None,
-) -> None:
-    """Refuse an image whose header declares more than ``limit`` pixels, before decoding it
-    (:class:`ImageReadError` naming the file, its size and the flag that raises the limit).
+    need: Callable[[int], str] | None = None,
+) -> tuple[int, int]:
+    """(H, W) of an image from its header (:func:`image_size`); refused when it declares more
+    than ``limit`` pixels, before decoding it (:class:`ImageReadError` naming the file, its
+    size and the flag that raises the limit).
 
-    ``header_only``: a format whose size cannot be read from its header (see
-    :func:`image_size`) is refused instead of decoded. ``need``: what the message says
-    matting it would take (default: an estimate for the command-line tools).
+    ``header_only``: a format whose size cannot be read from its header is refused instead of
+    decoded. ``need(pixels)``: what the message says matting it would take (default: an
+    estimate for the command-line tools).
     """
     h, w = image_size(path, decode_unknown=not header_only)
     if h * w > limit:
-        need = need or f"about {h * w * 19 / 2**30:.0f} GiB of memory before tiling"
+        said = (
+            need(h * w) if need else f"about {h * w * 19 / 2**30:.0f} GiB of memory before tiling"
+        )
         raise ImageReadError(
             f"{path}: {w}x{h} = {h * w / 1e6:.0f} megapixels, above the limit of "
-            f"{limit / 1e6:g} MP (matting it needs {need}); pass a larger {flag} if this "
+            f"{limit / 1e6:g} MP (matting it needs {said}); pass a larger {flag} if this "
             "machine has the memory, or downscale the image"
         )
+    return h, w
 
 
 # --- public readers --------------------------------------------------------------------------

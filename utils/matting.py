@@ -11,11 +11,10 @@ the alpha a network returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from data import compose
+from utils.inference import Tile, plan_tiles
 
 # Window cores and context (px). Closed-form's sparse solve costs ~1.1 kB per pixel, so its
 # windows are 640x640 at most (~0.45 GB); the foreground solver's ~100 B per pixel allow more.
@@ -24,28 +23,15 @@ FG_CORE, FG_CONTEXT = 1024, 64
 STRIP_ROWS = 256  # rows of the composite built at a time (float32 work arrays)
 
 
-def unknown_windows(
-    trimap: np.ndarray, core: int, context: int
-) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice]]]:
-    """Windows covering every unknown pixel of ``trimap`` (H, W): for each ``core`` x ``core``
-    cell of a grid over the image that holds an unknown pixel, yields (core, window, core
-    within window) as (rows, cols) slice pairs; the window is the core grown by ``context``
-    px on each side, clipped to the image. Cells without unknown pixels are skipped."""
+def unknown_windows(trimap: np.ndarray, core: int, context: int) -> list[Tile]:
+    """The tiles of :func:`utils.inference.plan_tiles` (cores of ``core`` px, windows grown by
+    ``context`` px, clipped to the image) whose core holds an unknown pixel of ``trimap``."""
     h, w = trimap.shape
-    unknown = trimap == compose.TRIMAP_UNKNOWN
-    for y in range(0, h, core):
-        rows_any = unknown[y : y + core].any(axis=0)
-        for x in range(0, w, core):
-            if not rows_any[x : x + core].any():
-                continue
-            y1, x1 = min(y + core, h), min(x + core, w)
-            wy0, wx0 = max(0, y - context), max(0, x - context)
-            wy1, wx1 = min(h, y1 + context), min(w, x1 + context)
-            yield (
-                (slice(y, y1), slice(x, x1)),
-                (slice(wy0, wy1), slice(wx0, wx1)),
-                (slice(y - wy0, y1 - wy0), slice(x - wx0, x1 - wx0)),
-            )
+    return [
+        t
+        for t in plan_tiles(h, w, core, context, stride=1)
+        if (trimap[t.core] == compose.TRIMAP_UNKNOWN).any()
+    ]
 
 
 def closed_form_alpha(
@@ -63,17 +49,14 @@ def closed_form_alpha(
     from utils.baselines import closed_form, trimap_only
 
     alpha = trimap_only(MattingExample("input", image_u8, trimap, None))
-    for core_box, window, inner in unknown_windows(trimap, core, context):
-        t = trimap[window]
-        if not (t != compose.TRIMAP_UNKNOWN).any():
-            continue
-        if (t == compose.TRIMAP_FG).any() and (t == compose.TRIMAP_BG).any():
-            part = closed_form(MattingExample("window", image_u8[window], t, None))
-        else:  # one side only: the energy's minimum is that side's constant
-            part = np.full(t.shape, float((t == compose.TRIMAP_FG).any()), np.float32)
-        alpha[core_box] = np.where(
-            trimap[core_box] == compose.TRIMAP_UNKNOWN, part[inner], alpha[core_box]
-        )
+    for tile in unknown_windows(trimap, core, context):
+        t = trimap[tile.window]
+        fg, bg = (t == compose.TRIMAP_FG).any(), (t == compose.TRIMAP_BG).any()
+        if fg and bg:  # the solve keeps the known pixels exactly
+            part = closed_form(MattingExample("window", image_u8[tile.window], t, None))
+            alpha[tile.core] = part[tile.inner]
+        elif fg or bg:  # one side only: the energy's minimum is that side's constant
+            alpha[tile.core] = float(fg)
     return alpha
 
 
@@ -101,13 +84,12 @@ def estimate_foreground(
     if trimap is None:
         soft = (alpha > 0) & (alpha < 1)
         trimap = np.where(soft, compose.TRIMAP_UNKNOWN, 0).astype(np.uint8)
-    for core_box, window, inner in unknown_windows(trimap, FG_CORE, FG_CONTEXT):
-        if min(image_u8[window].shape[:2]) < 2:  # pymatting's levels need two pixels a side
+    for tile in unknown_windows(trimap, FG_CORE, FG_CONTEXT):
+        image = image_u8[tile.window]
+        if min(image.shape[:2]) < 2:  # pymatting's levels need two pixels a side
             continue
-        part = estimate_foreground_ml(
-            image_u8[window].astype(np.float64) / 255.0, alpha[window].astype(np.float64)
-        )
-        fg[core_box] = np.round(np.clip(part[inner], 0.0, 1.0) * 255.0).astype(np.uint8)
+        part = estimate_foreground_ml(image / 255.0, alpha[tile.window].astype(np.float64))
+        fg[tile.core] = np.round(np.clip(part[tile.inner], 0.0, 1.0) * 255.0)
     return fg
 
 
@@ -116,16 +98,14 @@ def cutout(fg_u8: np.ndarray, alpha_u8: np.ndarray) -> np.ndarray:
     return np.concatenate([fg_u8, alpha_u8[..., None]], axis=2)
 
 
-def composite_on(fg: np.ndarray, alpha01: np.ndarray, background_u8: np.ndarray) -> np.ndarray:
+def composite_on(fg_u8: np.ndarray, alpha01: np.ndarray, background_u8: np.ndarray) -> np.ndarray:
     """The cut-out over a new background, RGB uint8 (H, W, 3), rounded: compose.composite of
-    ``fg`` (H, W, 3; uint8, or float in [0, 1]) and the background, ``STRIP_ROWS`` rows at a
-    time so its float32 work arrays stay small whatever the photo's size."""
-    fg = np.asarray(fg)
-    unit = np.float32(255.0) if fg.dtype.kind == "f" else np.float32(1.0)
+    foreground colours ``fg_u8`` (H, W, 3) and the background with alpha in [0, 1],
+    ``STRIP_ROWS`` rows at a time so its float32 work arrays stay small whatever the size."""
     out = np.empty(background_u8.shape, np.uint8)
     for y in range(0, out.shape[0], STRIP_ROWS):
         rows = slice(y, y + STRIP_ROWS)
-        strip = compose.composite(fg[rows] * unit, background_u8[rows], alpha01[rows])
+        strip = compose.composite(fg_u8[rows], background_u8[rows], alpha01[rows])
         out[rows] = np.round(np.clip(strip, 0.0, 255.0))
     return out
 
